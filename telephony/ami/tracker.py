@@ -1,0 +1,545 @@
+"""AMI messages -> ringwatch domain events.
+
+A dispatch table ``{event name: handler}`` over in-memory state.  The tracker
+knows Asterisk (channel names, Local ``;1``/``;2`` halves, queue events and
+their quirks); it knows nothing of rules.  Observations it relies on are listed
+in ``tests/fixtures/ami/README.md`` (recorded from Asterisk 22):
+
+* calls are grouped by ``Linkedid``; the queue caller channel is the call's
+  anchor and can join several queues (blind transfer into another queue);
+* a member reached through ``Local/...`` is still that member: ``AgentCalled``
+  names the member ``;1`` half, the agent's phone is the ``;2`` half; both
+  share a base name (``Local/7001@agents-00000001``), which is how hang-up
+  requests are attributed;
+* ``AgentRingNoAnswer`` reports ``RingTime`` in milliseconds, and is followed by
+  a duplicate ``DialEnd`` (NOANSWER then CANCEL): the first end wins;
+* who hung up first comes from ``AgentComplete.Reason``; otherwise from the
+  first ``HangupRequest``/``SoftHangupRequest`` after the answer, never from
+  the order of ``Hangup`` events.  ``AgentComplete`` may come without channel
+  fields; it is then matched by ``Interface``/``MemberName``.
+
+Every handler is O(1) in the number of live calls.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from telephony.ami.codec import Message
+from telephony.events import (
+    AgentRemoved,
+    AgentRingEnded,
+    AgentRinging,
+    AgentState,
+    AgentStateChanged,
+    CallAbandoned,
+    CallAnswered,
+    CallEnded,
+    CallOffered,
+    DomainEvent,
+    FirstHangup,
+    HangupSide,
+    LinkDown,
+    LinkUp,
+    QueueJoined,
+    ResyncDone,
+    RingOutcome,
+)
+
+log = logging.getLogger(__name__)
+
+_UNIQUE_SUFFIX = re.compile(r"-[0-9a-fA-F]+(;\d)?$")
+_UNKNOWN_CID = {"", "<unknown>", "unknown"}
+
+
+def channel_base(name: str) -> str:
+    """``Local/7001@agents-00000001;2`` -> ``Local/7001@agents``; ``PJSIP/7001-0000a`` -> ``PJSIP/7001``."""
+    return _UNIQUE_SUFFIX.sub("", name)
+
+
+def local_pair(name: str) -> str:
+    """Both halves of a Local channel share this key: the name without ``;1``/``;2``."""
+    return name[:-2] if len(name) > 2 and name[-2] == ";" else name
+
+
+def interface_base(interface: str) -> str:
+    """Queue member interface ``Local/7001@agents/n`` -> ``Local/7001@agents``."""
+    if interface.startswith("Local/"):
+        return "Local/" + interface[6:].split("/", 1)[0]
+    return interface
+
+
+def _duration_s(text: str | None) -> float:
+    """``HH:MM:SS`` (CoreShowChannel Duration) -> seconds."""
+    if not text:
+        return 0.0
+    try:
+        parts = [int(p) for p in text.split(":")]
+    except ValueError:
+        return 0.0
+    total = 0
+    for p in parts:
+        total = total * 60 + p
+    return float(total)
+
+
+def _int(text: str | None, default: int = 0) -> int:
+    try:
+        return int(text) if text is not None else default
+    except ValueError:
+        return default
+
+
+@dataclass(slots=True)
+class _Ring:
+    call_id: str
+    leg_id: str
+    agent: str
+    queue: str | None
+    since: float
+    member_key: str  # local_pair of the member channel
+
+
+@dataclass(slots=True)
+class _Call:
+    call_id: str
+    anchor_uid: str  # queue caller channel Uniqueid
+    linkedids: set[str]
+    customer_keys: set[str]
+    agent_keys: dict[str, str] = field(default_factory=dict)  # member pair key -> agent
+    rings: dict[str, _Ring] = field(default_factory=dict)  # member channel name -> ring
+    queue: str | None = None
+    in_queue: bool = False
+    answered: bool = False
+    connected_agent: str | None = None
+    queue_connected: bool = False  # AgentComplete will tell who hung up
+    first_hangup_done: bool = False
+    pending_hangup: tuple[HangupSide, str | None, float] | None = None
+
+
+Emit = Callable[[DomainEvent], None]
+
+
+class AmiTracker:
+    """Feed it AMI messages with their receive time; it emits domain events."""
+
+    #: Everything the tracker reads.  Pass it to the codec so that the rest of a
+    #: stream (VarSet, Newexten, ... about half of it) is dropped undecoded.
+    WANTED: frozenset[str] = frozenset(
+        {
+            "QueueCallerJoin",
+            "QueueCallerAbandon",
+            "AgentCalled",
+            "AgentConnect",
+            "AgentRingNoAnswer",
+            "AgentComplete",
+            "AgentDump",
+            "DialEnd",
+            "HangupRequest",
+            "SoftHangupRequest",
+            "Hangup",
+            "QueueMemberStatus",
+            "QueueMemberPause",
+            "QueueMemberAdded",
+            "QueueMemberRemoved",
+            "QueueMember",
+            "QueueEntry",
+            "CoreShowChannel",
+            "CoreShowChannelsComplete",
+            "QueueStatusComplete",
+            "FullyBooted",
+            "Shutdown",
+        }
+    )
+
+    def __init__(self, emit: Emit) -> None:
+        self._emit = emit
+        self.calls: dict[str, _Call] = {}
+        self._by_uid: dict[str, _Call] = {}  # anchor Uniqueid -> call
+        self._by_linkedid: dict[str, _Call] = {}
+        self._by_agent: dict[str, _Call] = {}  # agent currently connected -> call
+        self._members: dict[str, str] = {}  # interface base -> member name
+        self._ringing_agents: dict[str, int] = {}
+        self._snap_channels: list[Message] = []
+        self._snap_entries: dict[str, float] = {}  # queue caller Uniqueid -> wait s
+        self.unknown_events = 0
+        self._handlers: dict[str, Callable[[Message, float], None]] = {
+            "QueueCallerJoin": self._on_queue_join,
+            "QueueCallerAbandon": self._on_abandon,
+            "AgentCalled": self._on_agent_called,
+            "AgentConnect": self._on_agent_connect,
+            "AgentRingNoAnswer": self._on_ring_noanswer,
+            "AgentComplete": self._on_agent_complete,
+            "AgentDump": self._on_agent_dump,
+            "DialEnd": self._on_dial_end,
+            "HangupRequest": self._on_hangup_request,
+            "SoftHangupRequest": self._on_hangup_request,
+            "Hangup": self._on_hangup,
+            "QueueMemberStatus": self._on_member_status,
+            "QueueMember": self._on_member_status,
+            "QueueMemberAdded": self._on_member_status,
+            "QueueMemberPause": self._on_member_status,
+            "QueueMemberRemoved": self._on_member_removed,
+            "QueueEntry": self._on_queue_entry,
+            "CoreShowChannel": self._on_show_channel,
+            "CoreShowChannelsComplete": self._on_show_channels_complete,
+        }
+
+    # -- link ------------------------------------------------------------------
+
+    def link_up(self, now: float, pbx: str = "asterisk") -> None:
+        self._snap_channels.clear()
+        self._emit(LinkUp(now, pbx))
+
+    def link_down(self, now: float, reason: str) -> None:
+        self._emit(LinkDown(now, reason))
+
+    @property
+    def live_calls(self) -> int:
+        return len(self.calls)
+
+    # -- dispatch --------------------------------------------------------------
+
+    def handle(self, msg: Message, now: float) -> None:
+        name = msg.event
+        if name is None:
+            return
+        handler = self._handlers.get(name)
+        if handler is not None:
+            handler(msg, now)
+
+    def _agent_name(self, msg: Message) -> str:
+        name = msg.get("MemberName")
+        iface = msg.get("Interface") or msg.get("Location") or msg.get("StateInterface") or ""
+        if name:
+            if iface:
+                self._members[interface_base(iface)] = name
+            return name
+        return self._members.get(interface_base(iface), iface or "unknown")
+
+    def _call_for(self, msg: Message) -> _Call | None:
+        uid = msg.get("Uniqueid")
+        call = self._by_uid.get(uid) if uid else None
+        if call is None:
+            lid = msg.get("Linkedid")
+            if lid:
+                call = self._by_linkedid.get(lid)
+        return call
+
+    # -- queue caller ------------------------------------------------------------
+
+    def _on_queue_join(self, msg: Message, now: float) -> None:
+        self._join(msg, now, since=now)
+
+    def _join(self, msg: Message, now: float, since: float, call_since: float | None = None) -> _Call:
+        uid = msg.get("Uniqueid") or msg.get("Channel") or ""
+        queue = msg.get("Queue") or "unknown"
+        call = self._call_for(msg)
+        if call is None:
+            lid = msg.get("Linkedid") or uid
+            call_id = lid if lid not in self.calls else f"{lid}/{uid}"
+            channel = msg.get("Channel") or ""
+            call = _Call(call_id, uid, {lid}, {local_pair(channel)})
+            self.calls[call_id] = call
+            self._by_uid[uid] = call
+            self._by_linkedid[lid] = call
+            caller = msg.get("CallerIDNum") or ""
+            name = msg.get("CallerIDName") or ""
+            self._emit(
+                CallOffered(
+                    now,
+                    call_id,
+                    "inbound",
+                    "" if caller in _UNKNOWN_CID else caller,
+                    "" if name in _UNKNOWN_CID else name,
+                    since if call_since is None else call_since,
+                )
+            )
+        call.queue = queue
+        call.in_queue = True
+        call.queue_connected = False
+        self._emit(QueueJoined(now, call.call_id, queue, since))
+        return call
+
+    def _on_abandon(self, msg: Message, now: float) -> None:
+        call = self._call_for(msg)
+        if call is None:
+            return
+        call.in_queue = False
+        self._end_rings(call, now, "cancelled")
+        self._emit(CallAbandoned(now, call.call_id, msg.get("Queue") or call.queue or "unknown"))
+        if not call.first_hangup_done:
+            call.first_hangup_done = True
+            self._emit(FirstHangup(now, call.call_id, "customer", None))
+
+    def _on_queue_entry(self, msg: Message, now: float) -> None:
+        uid = msg.get("Uniqueid")
+        if uid:
+            self._snap_entries[uid] = float(_int(msg.get("Wait")))
+
+    # -- agent legs ----------------------------------------------------------------
+
+    def _on_agent_called(self, msg: Message, now: float) -> None:
+        call = self._call_for(msg)
+        dest = msg.get("DestChannel")
+        if call is None or not dest:
+            return
+        self._start_ring(call, dest, msg.get("DestUniqueid") or dest, self._agent_name(msg),
+                         msg.get("Queue") or call.queue, now, now)
+
+    def _start_ring(self, call: _Call, dest: str, leg_id: str, agent: str,
+                    queue: str | None, now: float, since: float) -> None:
+        if dest in call.rings:
+            return
+        ring = _Ring(call.call_id, leg_id, agent, queue, since, local_pair(dest))
+        call.rings[dest] = ring
+        self._ringing_agents[agent] = self._ringing_agents.get(agent, 0) + 1
+        self._emit(AgentRinging(now, call.call_id, leg_id, agent, queue, since))
+
+    def _finish_ring(self, call: _Call, dest: str, now: float, outcome: RingOutcome) -> _Ring | None:
+        ring = call.rings.pop(dest, None)
+        if ring is None:
+            return None
+        n = self._ringing_agents.get(ring.agent, 1) - 1
+        if n > 0:
+            self._ringing_agents[ring.agent] = n
+        else:
+            self._ringing_agents.pop(ring.agent, None)
+        self._emit(AgentRingEnded(now, call.call_id, ring.leg_id, ring.agent, ring.queue, outcome))
+        return ring
+
+    def _end_rings(self, call: _Call, now: float, outcome: RingOutcome) -> None:
+        for dest in list(call.rings):
+            self._finish_ring(call, dest, now, outcome)
+
+    def _on_agent_connect(self, msg: Message, now: float) -> None:
+        call = self._call_for(msg)
+        dest = msg.get("DestChannel")
+        if call is None or not dest:
+            return
+        agent = self._agent_name(msg)
+        ring = self._finish_ring(call, dest, now, "answered")
+        leg_id = ring.leg_id if ring else (msg.get("DestUniqueid") or dest)
+        self._connect(call, dest, agent, msg.get("Queue") or call.queue, leg_id, now)
+
+    def _connect(self, call: _Call, dest: str, agent: str, queue: str | None, leg_id: str, now: float) -> None:
+        call.in_queue = False
+        call.answered = True
+        call.queue_connected = True
+        call.pending_hangup = None
+        call.connected_agent = agent
+        call.agent_keys[local_pair(dest)] = agent
+        self._by_agent[agent] = call
+        self._emit(CallAnswered(now, call.call_id, leg_id, agent, queue))
+
+    def _on_ring_noanswer(self, msg: Message, now: float) -> None:
+        call = self._call_for(msg)
+        dest = msg.get("DestChannel")
+        if call is not None and dest:
+            self._finish_ring(call, dest, now, "noanswer")
+
+    def _on_dial_end(self, msg: Message, now: float) -> None:
+        dest = msg.get("DestChannel")
+        status = msg.get("DialStatus")
+        if not dest or status == "ANSWER":
+            return
+        call = self._call_for(msg)
+        if call is not None and dest in call.rings:
+            self._finish_ring(call, dest, now, "noanswer" if status == "NOANSWER" else "cancelled")
+
+    # -- hang-ups ------------------------------------------------------------------
+
+    def _on_agent_complete(self, msg: Message, now: float) -> None:
+        call = self._call_for(msg)
+        agent = self._agent_name(msg)
+        if call is None:
+            call = self._by_agent.get(agent)
+        if call is None:
+            return
+        if self._by_agent.get(agent) is call:
+            del self._by_agent[agent]
+        call.queue_connected = False
+        reason = msg.get("Reason")
+        if reason == "transfer":
+            # The transferer leaving is not hanging up on the customer: forget its legs.
+            call.pending_hangup = None
+            for key in [k for k, a in call.agent_keys.items() if a == agent]:
+                del call.agent_keys[key]
+            return
+        if call.first_hangup_done:
+            return
+        if reason == "caller":
+            self._decide(call, "customer", None, now)
+        elif reason == "agent":
+            self._decide(call, "agent", agent, now)
+
+    def _on_agent_dump(self, msg: Message, now: float) -> None:
+        call = self._call_for(msg)
+        if call is not None and not call.first_hangup_done:
+            self._decide(call, "agent", self._agent_name(msg), now)
+
+    def _decide(self, call: _Call, side: HangupSide, agent: str | None, now: float) -> None:
+        call.first_hangup_done = True
+        call.pending_hangup = None
+        self._emit(FirstHangup(now, call.call_id, side, agent))
+
+    def _on_hangup_request(self, msg: Message, now: float) -> None:
+        lid = msg.get("Linkedid")
+        call = self._by_linkedid.get(lid) if lid else None
+        if call is None or not call.answered or call.first_hangup_done or call.pending_hangup:
+            return
+        key = local_pair(msg.get("Channel") or "")
+        if key in call.customer_keys:
+            side: HangupSide = "customer"
+            agent = None
+        elif key in call.agent_keys:
+            side = "agent"
+            agent = call.agent_keys[key]
+        else:
+            return
+        if call.queue_connected:
+            # AgentComplete follows and is authoritative; keep this as a fallback.
+            call.pending_hangup = (side, agent, now)
+        else:
+            self._decide(call, side, agent, now)
+
+    def _on_hangup(self, msg: Message, now: float) -> None:
+        uid = msg.get("Uniqueid") or ""
+        call = self._by_uid.get(uid)
+        if call is None:
+            # a ringing member leg that went away
+            lid = msg.get("Linkedid")
+            other = self._by_linkedid.get(lid) if lid else None
+            chan = msg.get("Channel") or ""
+            if other is not None and chan in other.rings:
+                self._finish_ring(other, chan, now, "cancelled")
+            return
+        self._close(call, now, lost=False)
+
+    def _close(self, call: _Call, now: float, lost: bool) -> None:
+        self._end_rings(call, now, "cancelled")
+        if call.answered and not call.first_hangup_done and call.pending_hangup is not None:
+            side, agent, at = call.pending_hangup
+            self._decide(call, side, agent, at)
+        self.calls.pop(call.call_id, None)
+        self._by_uid.pop(call.anchor_uid, None)
+        for lid in call.linkedids:
+            if self._by_linkedid.get(lid) is call:
+                del self._by_linkedid[lid]
+        if call.connected_agent and self._by_agent.get(call.connected_agent) is call:
+            del self._by_agent[call.connected_agent]
+        self._emit(CallEnded(now, call.call_id, lost))
+
+    # -- agents ----------------------------------------------------------------------
+
+    def _on_member_status(self, msg: Message, now: float) -> None:
+        agent = self._agent_name(msg)
+        paused = msg.get("Paused") == "1"
+        status = _int(msg.get("Status"))
+        state: AgentState
+        if paused:
+            state = "paused"
+        elif status in (4, 5):
+            state = "offline"
+        elif status in (6, 7):
+            state = "ringing"
+        elif status in (2, 3, 8):
+            if msg.get("InCall") == "1":
+                state = "talking"
+            elif agent in self._ringing_agents:
+                state = "ringing"
+            else:
+                state = "talking"
+        elif status == 1:
+            state = "available"
+        else:
+            state = "unknown"
+        reason = msg.get("PausedReason") or msg.get("Reason") or None
+        self._emit(AgentStateChanged(now, agent, msg.get("Queue"), state, paused, reason if paused else None))
+
+    def _on_member_removed(self, msg: Message, now: float) -> None:
+        self._emit(AgentRemoved(now, self._agent_name(msg), msg.get("Queue") or ""))
+
+    # -- resync ------------------------------------------------------------------------
+
+    def _on_show_channel(self, msg: Message, now: float) -> None:
+        self._snap_channels.append(msg)
+
+    def _on_show_channels_complete(self, msg: Message, now: float) -> None:
+        snapshot, self._snap_channels = self._snap_channels, []
+        entries, self._snap_entries = self._snap_entries, {}
+        self.reconcile(snapshot, entries, now)
+
+    def reconcile(self, channels: list[Message], entries: dict[str, float], now: float) -> None:
+        """Make the tracked state agree with a full channel list from the PBX.
+
+        Calls whose anchor channel is gone ended while we were away; rings whose
+        member channel is gone ended (or were answered, if the member is up);
+        queue callers and ringing members we did not know are adopted, with
+        ``since`` taken from the PBX's own durations.
+        """
+        by_uid = {m.get("Uniqueid"): m for m in channels}
+        by_name = {m.get("Channel"): m for m in channels}
+        closed = added = 0
+        for call in list(self.calls.values()):
+            if call.anchor_uid not in by_uid:
+                self._close(call, now, lost=True)
+                closed += 1
+                continue
+            for dest in list(call.rings):
+                m = by_name.get(dest)
+                if m is None:
+                    self._finish_ring(call, dest, now, "cancelled")
+                elif m.get("ChannelStateDesc") == "Up":
+                    ring = self._finish_ring(call, dest, now, "answered")
+                    if ring is not None:
+                        self._connect(call, dest, ring.agent, ring.queue, ring.leg_id, now)
+        # adopt queue callers first, then their agent legs
+        for m in channels:
+            uid = m.get("Uniqueid") or ""
+            if m.get("Application") != "Queue" or uid in self._by_uid:
+                continue
+            duration = _duration_s(m.get("Duration"))
+            queue = (m.get("ApplicationData") or "unknown").split(",")[0]
+            fake = Message([
+                ("Event", "QueueCallerJoin"),
+                ("Channel", m.get("Channel") or ""),
+                ("Uniqueid", uid),
+                ("Linkedid", m.get("Linkedid") or uid),
+                ("CallerIDNum", m.get("CallerIDNum") or ""),
+                ("CallerIDName", m.get("CallerIDName") or ""),
+                ("Queue", queue),
+            ])
+            wait = entries.get(uid, duration)
+            call = self._join(fake, now, since=now - wait, call_since=now - duration)
+            added += 1
+            if m.get("BridgeId"):
+                # already talking: find the member leg in the same bridge
+                self._adopt_connected(call, m, channels, now)
+        for m in channels:
+            if m.get("Application") != "AppQueue" or m.get("ChannelStateDesc") not in ("Ringing", "Ring"):
+                continue
+            lid = m.get("Linkedid") or ""
+            call = self._by_linkedid.get(lid)
+            name = m.get("Channel") or ""
+            if call is None or name in call.rings or call.answered and not call.in_queue:
+                continue
+            agent = self._members.get(channel_base(name), channel_base(name))
+            since = now - _duration_s(m.get("Duration"))
+            self._start_ring(call, name, m.get("Uniqueid") or name, agent, call.queue, now, since)
+        self._emit(ResyncDone(now, len(self.calls), closed, added))
+
+    def _adopt_connected(self, call: _Call, caller: Message, channels: list[Message], now: float) -> None:
+        bridge = caller.get("BridgeId")
+        for m in channels:
+            if m is caller or m.get("BridgeId") != bridge:
+                continue
+            name = m.get("Channel") or ""
+            agent = self._members.get(channel_base(name))
+            if agent is None and m.get("Application") != "AppQueue":
+                continue
+            self._connect(call, name, agent or channel_base(name), call.queue, m.get("Uniqueid") or name, now)
+            return

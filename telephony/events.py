@@ -1,0 +1,158 @@
+"""ringwatch's own domain events: what happened to calls and agents.
+
+These are the only things a PBX adapter hands to the rest of ringwatch.  They
+carry no PBX vocabulary (no channel names, no AMI headers): calls are known by
+a stable ``call_id``, ringing legs by a ``leg_id``, agents by their display
+name.  Times are seconds on ringwatch's clock (see ``monitor.clock``).
+
+``since`` on an event is when the thing really started; it equals ``at`` for
+live events and lies in the past for state rebuilt by a resync after a
+(re)connect.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Direction = Literal["inbound", "outbound", "internal"]
+RingOutcome = Literal["answered", "noanswer", "cancelled"]
+HangupSide = Literal["agent", "customer"]
+AgentState = Literal["available", "ringing", "talking", "paused", "offline", "unknown"]
+
+
+@dataclass(frozen=True, slots=True)
+class LinkUp:
+    at: float
+    pbx: str
+
+
+@dataclass(frozen=True, slots=True)
+class LinkDown:
+    at: float
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ResyncDone:
+    """A snapshot from the PBX has been reconciled with the tracked state."""
+
+    at: float
+    calls: int
+    closed: int
+    added: int
+
+
+@dataclass(frozen=True, slots=True)
+class CallOffered:
+    """A new call reached the contact centre (inbound: first queue join)."""
+
+    at: float
+    call_id: str
+    direction: Direction
+    caller: str
+    caller_name: str
+    since: float
+
+
+@dataclass(frozen=True, slots=True)
+class QueueJoined:
+    """The caller waits in a queue (again, after a transfer into another queue)."""
+
+    at: float
+    call_id: str
+    queue: str
+    since: float
+
+
+@dataclass(frozen=True, slots=True)
+class AgentRinging:
+    at: float
+    call_id: str
+    leg_id: str
+    agent: str
+    queue: str | None
+    since: float
+
+
+@dataclass(frozen=True, slots=True)
+class AgentRingEnded:
+    at: float
+    call_id: str
+    leg_id: str
+    agent: str
+    queue: str | None
+    outcome: RingOutcome
+
+
+@dataclass(frozen=True, slots=True)
+class CallAnswered:
+    """A person (agent) answered for the caller."""
+
+    at: float
+    call_id: str
+    leg_id: str
+    agent: str
+    queue: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class CallAbandoned:
+    """The caller hung up while waiting in a queue."""
+
+    at: float
+    call_id: str
+    queue: str
+
+
+@dataclass(frozen=True, slots=True)
+class FirstHangup:
+    """Who ended the conversation, known as soon as the PBX says so."""
+
+    at: float
+    call_id: str
+    side: HangupSide
+    agent: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class CallEnded:
+    """The caller's side is gone.  ``lost``: ended while the PBX link was down."""
+
+    at: float
+    call_id: str
+    lost: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class AgentStateChanged:
+    at: float
+    agent: str
+    queue: str | None
+    state: AgentState
+    paused: bool
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AgentRemoved:
+    at: float
+    agent: str
+    queue: str
+
+
+DomainEvent = (
+    LinkUp
+    | LinkDown
+    | ResyncDone
+    | CallOffered
+    | QueueJoined
+    | AgentRinging
+    | AgentRingEnded
+    | CallAnswered
+    | CallAbandoned
+    | FirstHangup
+    | CallEnded
+    | AgentStateChanged
+    | AgentRemoved
+)
