@@ -187,11 +187,11 @@ class Monitor:
             info.paused, info.reason = ev.paused, ev.reason
             return
         if isinstance(ev, AgentRemoved):
-            info = self.agents.get(ev.agent)
-            if info is not None:
-                info.queues.discard(ev.queue)
-                if not info.queues:
-                    info.state, info.since = "offline", ev.at
+            gone = self.agents.get(ev.agent)
+            if gone is not None:
+                gone.queues.discard(ev.queue)
+                if not gone.queues:
+                    gone.state, gone.since = "offline", ev.at
             return
         if isinstance(ev, LinkUp):
             self.link.connected, self.link.since = True, ev.at
@@ -216,24 +216,23 @@ class Monitor:
             ring = Ring(ev.leg_id, ev.agent, ev.queue, ev.since)
             call.rings.append(ring)
             call.live_rings[ev.leg_id] = ring
-            a = self._agent(ev.agent)
-            a.current_call = call.id
+            self._agent(ev.agent).current_call = call.id
         elif isinstance(ev, AgentRingEnded):
-            ring = call.live_rings.pop(ev.leg_id, None)
-            if ring is not None:
-                ring.end, ring.outcome = ev.at, ev.outcome
+            ended = call.live_rings.pop(ev.leg_id, None)
+            if ended is not None:
+                ended.end, ended.outcome = ev.at, ev.outcome
             if ev.outcome != "answered":
-                a = self.agents.get(ev.agent)
-                if a is not None and a.current_call == call.id:
-                    a.current_call = None
+                agent = self.agents.get(ev.agent)
+                if agent is not None and agent.current_call == call.id:
+                    agent.current_call = None
         elif isinstance(ev, CallAnswered):
             if call.answered_at is None:
                 call.answered_at = ev.at
                 call.agent = ev.agent
                 if call.first_queued_at is not None:
                     call.wait_s = ev.at - call.first_queued_at
-                ring = next((r for r in reversed(call.rings) if r.leg_id == ev.leg_id), None)
-                call.ring_s = (ev.at - ring.start) if ring is not None else None
+                answering = next((r for r in reversed(call.rings) if r.leg_id == ev.leg_id), None)
+                call.ring_s = (ev.at - answering.start) if answering is not None else None
             call.queued_since = None
             call.talking_agent = ev.agent
             self._agent(ev.agent).current_call = call.id

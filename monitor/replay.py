@@ -87,3 +87,24 @@ def replay_virtual(path: str | Path, cfg: Config, out: Output) -> Monitor:
             tracker.link_down(item.t, "eof")
             connected = False
     return monitor
+
+
+class SummaryOutput:
+    """Human-readable replay output (without ``--json``)."""
+
+    name = "summary"
+
+    def __init__(self, stream: TextIO = sys.stdout) -> None:
+        self.stream = stream
+
+    def __call__(self, obj: dict[str, Any]) -> None:
+        if obj["type"] == "call":
+            ans = "answered" if obj["answered_at"] is not None else ("abandoned" if obj["abandoned"] else "unanswered")
+            self.stream.write(
+                f"[{obj['ended_at']:>9.3f}] call {obj['id']} {obj['direction']} queue={obj['queue']} "
+                f"caller={obj['caller']} {ans} agent={obj['agent']} wait={obj['wait_s']} ring={obj['ring_s']} "
+                f"first_hangup={obj['first_hangup']}\n"
+            )
+        else:
+            self.stream.write(f"[{obj['at']:>9.3f}] {obj['type']} {obj['rule']} {obj['text']['zh']} | "
+                              f"{obj['text']['en']}\n")

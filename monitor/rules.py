@@ -99,7 +99,8 @@ class InAnswer:
         ctx.violation(
             "IN-ANSWER", key, "warning", call_id, agent, queue,
             f"坐席 {agent} 振铃超过 {lim} 秒(3声)仍未接听 — 队列 {queue or '-'},来电 {caller}",
-            f"Agent {agent} has let a call ring over {lim}s (3 rings) — queue {queue or '-'}, caller {caller}",
+            f"{agent} has let a call ring over {lim}s (3 rings) without answering"
+            f" — queue {queue or '-'}, caller {caller}",
             leg=leg_id, deadline=round(deadline, 3),
         )
 

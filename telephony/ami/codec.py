@@ -150,12 +150,10 @@ class AmiDecoder:
         buf = self._buf
         buf += data
         out: list[Message | Banner] = []
-        if self.expect_banner:
-            if not self._take_banner(out):
-                return out
-        if self._discarding:
-            if not self._skip_oversize():
-                return out
+        if self.expect_banner and not self._take_banner(out):
+            return out
+        if self._discarding and not self._skip_oversize():
+            return out
         start = 0
         n = len(buf)
         find = buf.find

@@ -212,7 +212,7 @@ class AmiTracker:
             handler(msg, now)
 
     def _agent_name(self, msg: Message) -> str:
-        name = msg.get("MemberName")
+        name = msg.get("MemberName") or msg.get("Name")
         iface = msg.get("Interface") or msg.get("Location") or msg.get("StateInterface") or ""
         if name:
             if iface:
@@ -523,13 +523,13 @@ class AmiTracker:
             if m.get("Application") != "AppQueue" or m.get("ChannelStateDesc") not in ("Ringing", "Ring"):
                 continue
             lid = m.get("Linkedid") or ""
-            call = self._by_linkedid.get(lid)
+            owner = self._by_linkedid.get(lid)
             name = m.get("Channel") or ""
-            if call is None or name in call.rings or call.answered and not call.in_queue:
+            if owner is None or name in owner.rings or (owner.answered and not owner.in_queue):
                 continue
             agent = self._members.get(channel_base(name), channel_base(name))
             since = now - _duration_s(m.get("Duration"))
-            self._start_ring(call, name, m.get("Uniqueid") or name, agent, call.queue, now, since)
+            self._start_ring(owner, name, m.get("Uniqueid") or name, agent, owner.queue, now, since)
         self._emit(ResyncDone(now, len(self.calls), closed, added))
 
     def _adopt_connected(self, call: _Call, caller: Message, channels: list[Message], now: float) -> None:
