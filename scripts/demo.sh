@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The main job (README): installs ringwatch into .venv, then runs the demo:
+# a loopback PBX serving real Asterisk recordings over AMI, the daemon attached
+# to it, and the HTTP server (websocket alerts, /metrics). Ctrl-C stops it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+    "$PY" -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -e . >/dev/null
+exec .venv/bin/ringwatch demo "$@"
