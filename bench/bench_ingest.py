@@ -16,9 +16,7 @@ Run: ``.venv/bin/python bench/bench_ingest.py [--copies 60] [--gap 2.0]``
 from __future__ import annotations
 
 import argparse
-import json
 import platform
-import re
 import resource
 import sys
 import time
@@ -33,11 +31,10 @@ from config.schema import load_config  # noqa: E402
 from monitor.clock import VirtualClock  # noqa: E402
 from monitor.engine import Monitor  # noqa: E402
 from telephony.ami.codec import AmiDecoder, Message  # noqa: E402
+from telephony.ami.trace import read_trace, renumber  # noqa: E402
 from telephony.ami.tracker import AmiTracker  # noqa: E402
 
 SRC = ROOT / "tests" / "fixtures" / "ami" / "S12_burst_20_calls.jsonl"
-UID = re.compile(r"^(\d{9,11})\.(\d+)$")
-CHAN = re.compile(r"-([0-9a-f]{8})(;\d)?$")
 EPOCH = 1_795_000_000.0
 
 
@@ -52,12 +49,8 @@ def cpu_model() -> str:
 
 
 def build_stream(copies: int, gap: float) -> tuple[bytes, int]:
-    base = []
-    for line in SRC.read_text(encoding="utf-8").splitlines():
-        obj = json.loads(line)
-        if "msg" in obj:
-            base.append((obj["t"], obj["msg"]))
-    items: list[tuple[float, int, int, list[list[str]]]] = []
+    base = [(it.t, it.pairs) for it in read_trace(SRC) if it.kind == "msg"]
+    items: list[tuple[float, int, int, tuple[tuple[str, str], ...]]] = []
     for k in range(copies):
         for i, (t, pairs) in enumerate(base):
             items.append((t + k * gap, k, i, pairs))
@@ -65,13 +58,7 @@ def build_stream(copies: int, gap: float) -> tuple[bytes, int]:
     out = bytearray(b"Asterisk Call Manager/11.0.0\r\n")
     for t, k, _, pairs in items:
         lines = []
-        for key, val in pairs:
-            if key in ("Uniqueid", "Linkedid", "DestUniqueid", "DestLinkedid"):
-                m = UID.match(val)
-                if m:
-                    val = f"{m.group(1)}.{k}{int(m.group(2)):06d}"
-            elif "Channel" in key and val.startswith("Local/"):
-                val = CHAN.sub(lambda m, k=k: f"-{k:05x}{m.group(1)}{m.group(2) or ''}", val)
+        for key, val in renumber(pairs, k):
             lines.append(f"{key}: {val}\r\n")
             if key == "Event" and len(lines) == 1:
                 lines.append(f"Timestamp: {EPOCH + t:.6f}\r\n")

@@ -20,9 +20,7 @@ from config.schema import Config
 from monitor.calls import Call
 from monitor.clock import VirtualClock
 from monitor.engine import Monitor
-from telephony.ami.codec import AmiDecoder, Banner, encode_message
-from telephony.ami.trace import read_trace
-from telephony.ami.tracker import AmiTracker
+from telephony.ami.adapter import replay_trace
 
 Output = Callable[[dict[str, Any]], None]
 
@@ -68,24 +66,7 @@ def replay_virtual(path: str | Path, cfg: Config, out: Output) -> Monitor:
     hub = AlertHub(clock.now, cfg.alerts.history_limit)
     monitor = Monitor(cfg, clock, hub)
     attach_output(monitor, hub, out)
-    tracker = AmiTracker(monitor.handle)
-    decoder = AmiDecoder(cfg.pbx.ami.max_message_bytes, wanted_events=AmiTracker.WANTED)
-    connected = False
-    for item in read_trace(path):
-        clock.advance_to(item.t)
-        if item.kind == "banner":
-            decoder.reset()
-            for m in decoder.feed(item.text.encode("utf-8") + b"\r\n"):
-                if isinstance(m, Banner):
-                    tracker.link_up(item.t)
-                    connected = True
-        elif item.kind == "msg":
-            for m in decoder.feed(encode_message(item.pairs)):
-                if not isinstance(m, Banner):
-                    tracker.handle(m, item.t)
-        elif item.kind == "eof" and connected:
-            tracker.link_down(item.t, "eof")
-            connected = False
+    replay_trace(path, clock.advance_to, monitor.handle, cfg.pbx.ami.max_message_bytes)
     return monitor
 
 

@@ -6,6 +6,7 @@ the trace's start."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,3 +56,23 @@ def read_trace(path: str | Path) -> Iterator[TraceItem]:
                 yield TraceItem(t, "eof")
             else:
                 raise TraceError(f"{p}:{n}: unknown trace line (no msg/sent/banner/eof)")
+
+
+_UID = re.compile(r"^(\d{9,11})\.(\d+)$")
+_CHAN_SUFFIX = re.compile(r"-([0-9a-f]{8})(;\d)?$")
+_ID_KEYS = frozenset({"Uniqueid", "Linkedid", "DestUniqueid", "DestLinkedid"})
+
+
+def renumber(pairs: tuple[tuple[str, str], ...], copy: int) -> tuple[tuple[str, str], ...]:
+    """The same message for copy number ``copy`` of a recording: fresh Uniqueids,
+    Linkedids and Local channel names, so copies played together are distinct calls."""
+    out = []
+    for key, val in pairs:
+        if key in _ID_KEYS:
+            m = _UID.match(val)
+            if m:
+                val = f"{m.group(1)}.{copy}{int(m.group(2)):06d}"
+        elif "Channel" in key and val.startswith("Local/"):
+            val = _CHAN_SUFFIX.sub(lambda m: f"-{copy:05x}{m.group(1)}{m.group(2) or ''}", val)
+        out.append((key, val))
+    return tuple(out)

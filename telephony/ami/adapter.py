@@ -1,0 +1,48 @@
+"""The Asterisk adapter's public entry points: the only part of ``telephony.ami``
+the rest of ringwatch imports.  Everything here speaks domain events outward."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from telephony.ami.codec import DEFAULT_MAX_MESSAGE_BYTES, AmiDecoder, Banner, encode_message
+from telephony.ami.trace import read_trace
+from telephony.ami.tracker import AmiTracker
+from telephony.events import DomainEvent
+
+
+def replay_trace(
+    path: str | Path,
+    advance_to: Callable[[float], None],
+    emit: Callable[[DomainEvent], None],
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+) -> AmiTracker:
+    """Feed a recorded ``.jsonl`` trace through the real codec and tracker.
+
+    Before each recorded message, ``advance_to(t)`` moves the caller's (virtual)
+    clock to the message's receive time, so deadlines due in between fire first.
+    A new ``banner`` is a new connection (the link came back); an ``eof`` is the
+    link going down.  Actions the recorder sent are not replayed: their
+    responses and list events are in the trace and reach the tracker as they
+    reached the recorder.
+    """
+    tracker = AmiTracker(emit)
+    decoder = AmiDecoder(max_message_bytes, wanted_events=AmiTracker.WANTED)
+    connected = False
+    for item in read_trace(path):
+        advance_to(item.t)
+        if item.kind == "banner":
+            decoder.reset()
+            for m in decoder.feed(item.text.encode("utf-8") + b"\r\n"):
+                if isinstance(m, Banner):
+                    tracker.link_up(item.t)
+                    connected = True
+        elif item.kind == "msg":
+            for m in decoder.feed(encode_message(item.pairs)):
+                if not isinstance(m, Banner):
+                    tracker.handle(m, item.t)
+        elif item.kind == "eof" and connected:
+            tracker.link_down(item.t, "eof")
+            connected = False
+    return tracker
