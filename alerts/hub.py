@@ -2,7 +2,7 @@
 
 Sinks implement :class:`Sink`: ``offer`` must never block or raise; a sink owns
 its own bounded queue and sender task (see ``alerts.webhook`` and the websocket
-fan-out in ``monitor.web``), so a slow consumer never stalls the rule engine.
+fan-out in ``alerts.ws``), so a slow consumer never stalls the rule engine.
 """
 
 from __future__ import annotations
@@ -37,6 +37,14 @@ class Sink(Protocol):
 
 class AlertError(Exception):
     """A supervisor's request about an alert cannot be carried out."""
+
+
+class AlertNotFound(AlertError):
+    """No alert with that id (or it has aged out of the history)."""
+
+
+class AlertStateError(AlertError):
+    """The alert is not in a state that allows the request (e.g. ack of a resolved alert)."""
 
 
 class AlertHub:
@@ -85,7 +93,7 @@ class AlertHub:
     def ack(self, alert_id: str, by: str) -> Alert:
         alert = self._require(alert_id)
         if alert.state != "open":
-            raise AlertError(f"alert {alert_id} is {alert.state}, not open")
+            raise AlertStateError(f"alert {alert_id} is {alert.state}, not open")
         alert.state, alert.acked_by, alert.acked_at = "acked", by, self._now()
         self._publish(AlertChange("acked", alert, by))
         return alert
@@ -93,7 +101,7 @@ class AlertHub:
     def resolve(self, alert_id: str, by: str) -> Alert:
         alert = self._require(alert_id)
         if alert.state == "resolved":
-            raise AlertError(f"alert {alert_id} is already resolved")
+            raise AlertStateError(f"alert {alert_id} is already resolved")
         alert.state, alert.resolved_by, alert.resolved_at = "resolved", by, self._now()
         self._publish(AlertChange("resolved", alert, by))
         return alert
@@ -101,7 +109,7 @@ class AlertHub:
     def _require(self, alert_id: str) -> Alert:
         alert = self._alerts.get(alert_id)
         if alert is None:
-            raise AlertError(f"no alert {alert_id}")
+            raise AlertNotFound(f"no alert {alert_id}")
         return alert
 
     def _publish(self, change: AlertChange) -> None:

@@ -81,12 +81,12 @@ class Call:
             "lost": self.lost,
         }
 
-    def to_live(self, now: float, caller_shown: str | None) -> dict[str, Any]:
+    def to_live(self, now: float, caller_shown: str | None, name_shown: str | None) -> dict[str, Any]:
         return {
             "id": self.id,
             "direction": self.direction,
             "caller": caller_shown,
-            "caller_name": self.caller_name,
+            "caller_name": name_shown,
             "queue": self.current_queue or self.queue,
             "state": self.state,
             "agent": self.talking_agent,

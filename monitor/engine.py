@@ -18,7 +18,7 @@ from alerts.model import Alert, Severity
 from config.schema import Config
 from monitor.calls import Call, Ring
 from monitor.clock import Clock, Timer
-from monitor.privacy import mask_number
+from monitor.privacy import mask_name, mask_number
 from monitor.rules import InAnswer, InWait, Rule
 from telephony.events import (
     AgentRemoved,
@@ -126,6 +126,9 @@ class Monitor:
     def shown(self, number: str | None) -> str | None:
         return mask_number(number) if self.cfg.privacy.mask_callers else number
 
+    def shown_name(self, name: str | None) -> str | None:
+        return mask_name(name) if self.cfg.privacy.mask_callers else name
+
     def violation(self, rule: str, key: str, severity: Severity, call: str | None, agent: str | None,
                   queue: str | None, text_zh: str, text_en: str, **details: object) -> bool:
         return self._raise(rule, key, severity, "violation", call, agent, queue, text_zh, text_en, details)
@@ -162,9 +165,15 @@ class Monitor:
     def handle(self, ev: DomainEvent) -> None:
         self._apply(ev)
         for rule in self.rules:
-            rule.on_event(ev, self)
+            try:
+                rule.on_event(ev, self)
+            except Exception:  # one broken rule must not blind the others
+                log.exception("rule %s failed on %s", rule.rule_id, type(ev).__name__)
         for listener in self._event_listeners:
-            listener(ev)
+            try:
+                listener(ev)
+            except Exception:
+                log.exception("event listener failed on %s", type(ev).__name__)
         if isinstance(ev, CallEnded):
             self._finish(ev.call_id)
 
@@ -261,13 +270,16 @@ class Monitor:
         self.ended_records += 1
         record = call.to_record(self.shown(call.caller))
         for listener in self._record_listeners:
-            listener(call, record)
+            try:
+                listener(call, record)
+            except Exception:
+                log.exception("record listener failed")
 
     # -- views ---------------------------------------------------------------------
 
     def live_calls(self) -> list[dict[str, Any]]:
         now = self.clock.now()
-        return [c.to_live(now, self.shown(c.caller)) for c in self.calls.values()]
+        return [c.to_live(now, self.shown(c.caller), self.shown_name(c.caller_name)) for c in self.calls.values()]
 
     def waiting_by_queue(self) -> dict[str, tuple[int, float]]:
         """queue -> (calls waiting, longest wait s)."""

@@ -115,7 +115,7 @@ class _LiveCollector(Collector):
 
     def __init__(self, monitor: Monitor, link: LinkStats, queues: set[str]) -> None:
         self._monitor = monitor
-        self._link = link
+        self.link = link
         self._queues = queues  # every queue seen so far: they report 0 rather than vanish
 
     def describe(self) -> Iterable[Metric]:
@@ -134,9 +134,9 @@ class _LiveCollector(Collector):
             by_state[info.state] = by_state.get(info.state, 0) + 1
         for state, n in by_state.items():
             agents_fam.add_metric([state], n)
-        connected.add_metric([], 1 if self._link.connected else 0)
-        events.add_metric([], self._link.events_received)
-        reconnects.add_metric([], self._link.reconnects)
+        connected.add_metric([], 1 if self.link.connected else 0)
+        events.add_metric([], self.link.events_received)
+        reconnects.add_metric([], self.link.reconnects)
         live.add_metric([], len(m.calls))
         return [waiting_fam, longest_fam, agents_fam, connected, events, reconnects, live]
 
@@ -183,6 +183,13 @@ class Metrics:
         self._collector: _LiveCollector | None = None
         self._sink: _ViolationSink | None = None
         self._fallback: _MonitorLinkStats | None = None
+
+    @property
+    def link(self) -> LinkStats:
+        """The link stats the gauges read (after :meth:`attach`)."""
+        if self._collector is None:
+            raise RuntimeError("Metrics are not attached to a monitor")
+        return self._collector.link
 
     def attach(self, monitor: Monitor, link_stats: LinkStats | None = None) -> None:
         """Feed the metrics from ``monitor``'s events and alerts; gauges read ``link_stats``

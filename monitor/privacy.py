@@ -28,3 +28,10 @@ def mask_number(number: str | None) -> str | None:
         else:
             out.append(c)
     return "".join(out)
+
+
+def mask_name(name: str | None) -> str | None:
+    """``张三丰`` -> ``张**``; ``Customer One`` -> ``C***********``: the first character stays."""
+    if not name:
+        return name
+    return name[0] + "*" * (len(name) - 1)

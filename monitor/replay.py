@@ -9,6 +9,7 @@ limits keep their meaning.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 from collections.abc import Callable
@@ -18,9 +19,9 @@ from typing import Any, TextIO
 from alerts.hub import AlertChange, AlertHub
 from config.schema import Config
 from monitor.calls import Call
-from monitor.clock import VirtualClock
+from monitor.clock import Clock, LoopClock, Timer, VirtualClock
 from monitor.engine import Monitor
-from telephony.ami.adapter import replay_trace
+from telephony.ami.adapter import replay_trace, replay_trace_tcp
 
 Output = Callable[[dict[str, Any]], None]
 
@@ -60,12 +61,18 @@ def attach_output(monitor: Monitor, hub: AlertHub, out: Output) -> None:
     monitor.on_record(on_record)
 
 
-def replay_virtual(path: str | Path, cfg: Config, out: Output) -> Monitor:
-    """Replay at speed 0 on a virtual clock; returns the monitor (for inspection)."""
+def replay_virtual(path: str | Path, cfg: Config, out: Output,
+                   setup: Callable[[Monitor], None] | None = None) -> Monitor:
+    """Replay at speed 0 on a virtual clock; returns the monitor (for inspection).
+
+    ``setup`` is called with the monitor before the first event (to attach
+    metrics or other observers)."""
     clock = VirtualClock()
     hub = AlertHub(clock.now, cfg.alerts.history_limit)
     monitor = Monitor(cfg, clock, hub)
     attach_output(monitor, hub, out)
+    if setup is not None:
+        setup(monitor)
     replay_trace(path, clock.advance_to, monitor.handle, cfg.pbx.ami.max_message_bytes)
     return monitor
 
@@ -89,3 +96,64 @@ class SummaryOutput:
         else:
             self.stream.write(f"[{obj['at']:>9.3f}] {obj['type']} {obj['rule']} {obj['text']['zh']} | "
                               f"{obj['text']['en']}\n")
+
+
+
+class _OwnedTimers:
+    """A clock adapter that remembers its armed timers, so a replay can cancel them all
+    when it ends (nothing may fire into ``out`` after :func:`replay_tcp` returns)."""
+
+    def __init__(self, clock: Clock) -> None:
+        self._clock = clock
+        self._armed: dict[int, Timer] = {}
+        self._seq = 0
+
+    def now(self) -> float:
+        return self._clock.now()
+
+    def wall(self, t: float) -> float:
+        return self._clock.wall(t)
+
+    def call_at(self, when: float, callback: Callable[[], None]) -> Timer:
+        self._seq += 1
+        key = self._seq
+
+        def run() -> None:
+            self._armed.pop(key, None)
+            callback()
+
+        timer = self._clock.call_at(when, run)
+        self._armed[key] = timer
+        return timer
+
+    def cancel_all(self) -> None:
+        armed, self._armed = self._armed, {}
+        for timer in armed.values():
+            timer.cancel()
+
+
+async def replay_tcp(path: str | Path, cfg: Config, out: Output, speed: float) -> Monitor:
+    """Replay at ``speed`` > 0 through the real network path; returns the monitor.
+
+    The trace is served by a loopback AMI server at recorded pace / ``speed`` and
+    read by the real client (login, resync, keepalive); rules run on a
+    ``LoopClock(scale=speed)`` whose origin is the server's trace t = 0, so
+    clock time ~= trace time and the output matches :func:`replay_virtual`
+    within network latency x ``speed``.  Returns once the whole trace was served
+    and the link saw its final EOF; by then every task is stopped and every
+    armed deadline cancelled.
+    """
+    if speed <= 0:
+        raise ValueError("replay_tcp needs speed > 0 (speed 0 is replay_virtual)")
+    loop = asyncio.get_running_loop()
+    base = LoopClock(loop, scale=speed)
+    origin = loop.time() - base.now() / speed  # the loop time of clock 0 == trace t = 0
+    clock = _OwnedTimers(base)
+    hub = AlertHub(clock.now, cfg.alerts.history_limit)
+    monitor = Monitor(cfg, clock, hub)
+    attach_output(monitor, hub, out)
+    try:
+        await replay_trace_tcp(path, speed, monitor.handle, clock.now, origin, cfg.pbx.ami)
+    finally:
+        clock.cancel_all()
+    return monitor

@@ -5,8 +5,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from telephony.ami.codec import DEFAULT_MAX_MESSAGE_BYTES, AmiDecoder, Banner, encode_message
+from config.schema import AmiConfig
+from telephony.ami.client import AmiClient, AmiClientStats, AmiConnection
+from telephony.ami.codec import DEFAULT_MAX_MESSAGE_BYTES, AmiDecoder, Banner, Message, encode_message
+from telephony.ami.server import TraceAmiServer as TraceAmiServer
+from telephony.ami.server import replay_trace_tcp as replay_trace_tcp
 from telephony.ami.trace import read_trace
 from telephony.ami.tracker import AmiTracker
 from telephony.events import DomainEvent
@@ -46,3 +51,60 @@ def replay_trace(
             tracker.link_down(item.t, "eof")
             connected = False
     return tracker
+
+
+class AsteriskAdapter:
+    """The live Asterisk link: AMI client + tracker, speaking domain events.
+
+    ``now`` stamps every message at receipt (the daemon's clock); ``emit``
+    receives the domain events.  ``stats`` satisfies the metrics' LinkStats.
+    """
+
+    def __init__(
+        self,
+        cfg: AmiConfig,
+        emit: Callable[[DomainEvent], None],
+        now: Callable[[], float],
+        **client_overrides: Any,
+    ) -> None:
+        self._now = now
+        self.tracker = AmiTracker(emit)
+        self.client = AmiClient.from_config(
+            cfg,
+            on_message=self._on_message,
+            on_connected=self._on_connected,
+            on_disconnected=self._on_disconnected,
+            wanted_events=AmiTracker.WANTED,
+            now=now,
+            **client_overrides,
+        )
+
+    def _on_message(self, msg: Message, conn: AmiConnection) -> None:
+        self.tracker.handle(msg, conn.received_at)
+
+    def _on_connected(self) -> None:
+        self.tracker.link_up(self._now())
+
+    def _on_disconnected(self, reason: str) -> None:
+        self.tracker.link_down(self._now(), reason)
+
+    @property
+    def stats(self) -> AmiClientStats:
+        return self.client.stats
+
+    @property
+    def connected(self) -> bool:
+        return self.client.connected
+
+    @property
+    def last_error(self) -> str | None:
+        return self.client.last_error
+
+    async def start(self) -> None:
+        await self.client.start()
+
+    async def stop(self) -> None:
+        await self.client.stop()
+
+    async def wait_connected(self) -> None:
+        await self.client.wait_connected()
