@@ -116,6 +116,12 @@ class Monitor:
         timer.cancel()
         return True
 
+    def close(self) -> None:
+        """Cancel every armed deadline (on shutdown)."""
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
+
     @property
     def armed(self) -> int:
         return len(self._timers)

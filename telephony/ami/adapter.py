@@ -108,3 +108,6 @@ class AsteriskAdapter:
 
     async def wait_connected(self) -> None:
         await self.client.wait_connected()
+
+
+from telephony.ami.demo_pbx import DemoPbx as DemoPbx  # noqa: E402  (re-exported for the demo)

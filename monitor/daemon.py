@@ -1,0 +1,112 @@
+"""The daemon's lifecycle: PBX link, monitor, alert sinks and web server, one
+asyncio loop, every task owned and stopped on SIGTERM / SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from alerts.hub import AlertHub
+from config.schema import Config
+from monitor.auth import TokenStore
+from monitor.clock import LoopClock
+from monitor.engine import Monitor
+from monitor.web import AccessLogger, build_app
+from telephony.ami.adapter import AsteriskAdapter
+
+log = logging.getLogger(__name__)
+
+
+class Daemon:
+    """ringwatch attached to one PBX.  ``start()`` returns once the HTTP server
+    listens (the PBX link connects in the background, with backoff);
+    ``stop()`` ends everything in reverse order."""
+
+    def __init__(self, cfg: Config, tokens: TokenStore | None = None, clock_scale: float = 1.0,
+                 **ami_overrides: Any) -> None:
+        """``clock_scale`` > 1 only for a PBX that plays faster than real time (the demo at speed S)."""
+        self.cfg = cfg
+        self.clock_scale = clock_scale
+        self.tokens = tokens if tokens is not None else TokenStore.from_config(cfg.auth)
+        self._ami_overrides = ami_overrides
+        self.clock: LoopClock | None = None
+        self.hub: AlertHub | None = None
+        self.monitor: Monitor | None = None
+        self.pbx: AsteriskAdapter | None = None
+        self.registry = CollectorRegistry()
+        self._runner: web.AppRunner | None = None
+        self.http_port: int | None = None
+
+    async def start(self) -> None:
+        cfg = self.cfg
+        self.clock = clock = LoopClock(scale=self.clock_scale)
+        self.hub = hub = AlertHub(clock.now, cfg.alerts.history_limit)
+        self.monitor = monitor = Monitor(cfg, clock, hub)
+        self.pbx = pbx = AsteriskAdapter(cfg.pbx.ami, monitor.handle, clock.now, **self._ami_overrides)
+        if len(self.tokens) == 0:
+            log.warning("no API token is configured (auth.tokens, RINGWATCH_ADMIN_TOKEN): every endpoint "
+                        "but /healthz will answer 401 / 未配置访问令牌")
+        app = build_app(monitor, hub, cfg, self.registry, link_stats=pbx.stats, tokens=self.tokens)
+        self._runner = runner = web.AppRunner(app, access_log_class=AccessLogger, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, cfg.http.host, cfg.http.port)
+        await site.start()
+        server = site._server  # aiohttp exposes the bound port only there
+        sockets = getattr(server, "sockets", None) or []
+        self.http_port = sockets[0].getsockname()[1] if sockets else cfg.http.port
+        log.info("HTTP on %s:%s; attaching to AMI %s:%s as %s", cfg.http.host, self.http_port,
+                 cfg.pbx.ami.host, cfg.pbx.ami.port, cfg.pbx.ami.username)
+        await pbx.start()
+
+    async def stop(self) -> None:
+        if self.pbx is not None:
+            await self.pbx.stop()
+        if self._runner is not None:
+            await self._runner.cleanup()  # closes websockets (1001), drains webhooks
+            self._runner = None
+        if self.monitor is not None:
+            self.monitor.close()
+        log.info("ringwatch stopped")
+
+    async def __aenter__(self) -> Daemon:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+
+async def wait_for_signal() -> None:
+    """Return on SIGTERM or SIGINT (what Docker and Ctrl-C send)."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError):
+                loop.remove_signal_handler(sig)
+
+
+async def run_daemon(cfg: Config) -> int:
+    daemon = Daemon(cfg)
+    try:
+        await daemon.start()
+    except OSError as e:
+        log.error("cannot listen on %s:%s: %s", cfg.http.host, cfg.http.port, e.strerror)
+        await daemon.stop()
+        return 1
+    try:
+        await wait_for_signal()
+    finally:
+        await daemon.stop()
+    return 0
