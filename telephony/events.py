@@ -18,6 +18,8 @@ from typing import Literal
 Direction = Literal["inbound", "outbound", "internal"]
 RingOutcome = Literal["answered", "noanswer", "cancelled"]
 HangupSide = Literal["agent", "customer"]
+TransferKind = Literal["blind", "attended"]
+TransferEnd = Literal["returned", "hangup", "failed"]
 AgentState = Literal["available", "ringing", "talking", "paused", "offline", "unknown"]
 
 
@@ -53,6 +55,7 @@ class CallOffered:
     caller: str
     caller_name: str
     since: float
+    agent: str | None = None  # outbound: the agent who dialled
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +144,54 @@ class AgentRemoved:
     queue: str
 
 
+@dataclass(frozen=True, slots=True)
+class TransferStarted:
+    """The caller is handed off (blind) or put on hold for a consult (attended, ``since``)."""
+
+    at: float
+    call_id: str
+    kind: TransferKind
+    since: float
+    from_agent: str | None
+    to: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class TransferAnswered:
+    """A person answers for the transferred caller again."""
+
+    at: float
+    call_id: str
+    agent: str
+
+
+@dataclass(frozen=True, slots=True)
+class TransferEnded:
+    """A transfer that was never answered: the caller came back, hung up, or it failed."""
+
+    at: float
+    call_id: str
+    outcome: TransferEnd
+
+
+@dataclass(frozen=True, slots=True)
+class RecordingStarted:
+    at: float
+    call_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class DispositionReceived:
+    """The agent's wrap-up outcome for a call (from the PBX; the HTTP API goes to the monitor directly)."""
+
+    at: float
+    call_id: str
+    tag: str
+    note: str
+    agent: str | None
+    source: str
+
+
 DomainEvent = (
     LinkUp
     | LinkDown
@@ -155,4 +206,9 @@ DomainEvent = (
     | CallEnded
     | AgentStateChanged
     | AgentRemoved
+    | TransferStarted
+    | TransferAnswered
+    | TransferEnded
+    | RecordingStarted
+    | DispositionReceived
 )

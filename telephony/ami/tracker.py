@@ -39,14 +39,21 @@ from telephony.events import (
     CallAnswered,
     CallEnded,
     CallOffered,
+    Direction,
+    DispositionReceived,
     DomainEvent,
     FirstHangup,
     HangupSide,
     LinkDown,
     LinkUp,
     QueueJoined,
+    RecordingStarted,
     ResyncDone,
     RingOutcome,
+    TransferAnswered,
+    TransferEnded,
+    TransferKind,
+    TransferStarted,
 )
 
 log = logging.getLogger(__name__)
@@ -103,12 +110,45 @@ class _Ring:
     member_key: str  # local_pair of the member channel
 
 
+@dataclass(frozen=True, slots=True)
+class ChannelRules:
+    """Site-specific recognition of agents, outbound dials and dispositions (from config)."""
+
+    agent_patterns: tuple[re.Pattern[str], ...] = (
+        re.compile(r"^Local/(?P<ext>\d+)@agents?(-phone)?$"),
+        re.compile(r"^(?:PJSIP|SIP|IAX2)/(?P<ext>\d{3,6})$"),
+    )
+    outbound_contexts: frozenset[str] = frozenset({"outbound"})
+    outbound_patterns: tuple[re.Pattern[str], ...] = (
+        re.compile(r"^Local/\d+@customers$"),
+        re.compile(r"^(?:PJSIP|SIP)/[^/]*trunk"),
+    )
+    disposition_userevent: str = "RingwatchDisposition"
+    wrapup_pause_prefix: str = "wrapup:"
+
+    @classmethod
+    def build(cls, agent_patterns: list[str], outbound_contexts: list[str], outbound_patterns: list[str],
+              disposition_userevent: str, wrapup_pause_prefix: str) -> ChannelRules:
+        return cls(tuple(re.compile(p) for p in agent_patterns), frozenset(outbound_contexts),
+                   tuple(re.compile(p) for p in outbound_patterns), disposition_userevent, wrapup_pause_prefix)
+
+
+@dataclass(slots=True)
+class _Xfer:
+    kind: TransferKind
+    since: float
+    consult: str | None = None  # the consult leg's dest channel (attended)
+    completed: bool = False  # AttendedTransfer seen
+    dest_bridge: str | None = None
+
+
 @dataclass(slots=True)
 class _Call:
     call_id: str
-    anchor_uid: str  # queue caller channel Uniqueid
+    anchor_uid: str  # queue caller channel (inbound) / customer leg (outbound) Uniqueid
     linkedids: set[str]
     customer_keys: set[str]
+    direction: Direction = "inbound"
     agent_keys: dict[str, str] = field(default_factory=dict)  # member pair key -> agent
     rings: dict[str, _Ring] = field(default_factory=dict)  # member channel name -> ring
     queue: str | None = None
@@ -118,6 +158,11 @@ class _Call:
     queue_connected: bool = False  # AgentComplete will tell who hung up
     first_hangup_done: bool = False
     pending_hangup: tuple[HangupSide, str | None, float] | None = None
+    bridge: str | None = None  # the anchor channel's bridge
+    hold_since: float | None = None
+    xfer: _Xfer | None = None
+    recorded: bool = False
+    out_dest: str | None = None  # outbound: the customer leg channel
 
 
 Emit = Callable[[DomainEvent], None]
@@ -152,16 +197,28 @@ class AmiTracker:
             "QueueStatusComplete",
             "FullyBooted",
             "Shutdown",
+            "DialBegin",
+            "BlindTransfer",
+            "AttendedTransfer",
+            "BridgeEnter",
+            "MusicOnHoldStart",
+            "MusicOnHoldStop",
+            "MixMonitorStart",
+            "UserEvent",
         }
     )
 
-    def __init__(self, emit: Emit) -> None:
+    def __init__(self, emit: Emit, rules: ChannelRules | None = None) -> None:
         self._emit = emit
+        self.rules = rules or ChannelRules()
+        self._last_call_of_agent: dict[str, str] = {}  # agent -> last call id (wrap-up by pause)
+        self._wrapup_tag: dict[str, str] = {}  # agent -> tag of the wrap-up pause in progress
         self.calls: dict[str, _Call] = {}
         self._by_uid: dict[str, _Call] = {}  # anchor Uniqueid -> call
         self._by_linkedid: dict[str, _Call] = {}
         self._by_agent: dict[str, _Call] = {}  # agent currently connected -> call
         self._members: dict[str, str] = {}  # interface base -> member name
+        self._members_by_ext: dict[str, str] = {}  # extension (agent pattern "ext") -> member name
         self._ringing_agents: dict[str, int] = {}
         self._snap_channels: list[Message] = []
         self._snap_entries: dict[str, float] = {}  # queue caller Uniqueid -> wait s
@@ -186,6 +243,14 @@ class AmiTracker:
             "QueueEntry": self._on_queue_entry,
             "CoreShowChannel": self._on_show_channel,
             "CoreShowChannelsComplete": self._on_show_channels_complete,
+            "DialBegin": self._on_dial_begin,
+            "BlindTransfer": self._on_blind_transfer,
+            "AttendedTransfer": self._on_attended_transfer,
+            "BridgeEnter": self._on_bridge_enter,
+            "MusicOnHoldStart": self._on_moh_start,
+            "MusicOnHoldStop": self._on_moh_stop,
+            "MixMonitorStart": self._on_mixmonitor,
+            "UserEvent": self._on_user_event,
         }
 
     # -- link ------------------------------------------------------------------
@@ -216,9 +281,19 @@ class AmiTracker:
         iface = msg.get("Interface") or msg.get("Location") or msg.get("StateInterface") or ""
         if name:
             if iface:
-                self._members[interface_base(iface)] = name
+                base = interface_base(iface)
+                if self._members.get(base) != name:
+                    self._learn_member(base, name)
             return name
         return self._members.get(interface_base(iface), iface or "unknown")
+
+    def _learn_member(self, base: str, name: str) -> None:
+        self._members[base] = name
+        for pattern in self.rules.agent_patterns:
+            m = pattern.match(base)
+            if m and m.groupdict().get("ext"):
+                self._members_by_ext[m.group("ext")] = name
+                break
 
     def _call_for(self, msg: Message) -> _Call | None:
         uid = msg.get("Uniqueid")
@@ -333,6 +408,9 @@ class AmiTracker:
         call.connected_agent = agent
         call.agent_keys[local_pair(dest)] = agent
         self._by_agent[agent] = call
+        self._last_call_of_agent[agent] = call.call_id
+        if call.xfer is not None:
+            self._transfer_answered(call, dest, agent, now)
         self._emit(CallAnswered(now, call.call_id, leg_id, agent, queue))
 
     def _on_ring_noanswer(self, msg: Message, now: float) -> None:
@@ -343,12 +421,34 @@ class AmiTracker:
 
     def _on_dial_end(self, msg: Message, now: float) -> None:
         dest = msg.get("DestChannel")
-        status = msg.get("DialStatus")
-        if not dest or status == "ANSWER":
+        if not dest:
             return
+        status = msg.get("DialStatus")
         call = self._call_for(msg)
-        if call is not None and dest in call.rings:
+        if call is None:
+            lid = msg.get("DestLinkedid")
+            call = self._by_linkedid.get(lid) if lid else None
+        if call is None:
+            return
+        if call.direction == "outbound" and dest == call.out_dest:
+            if status == "ANSWER" and not call.answered:
+                call.answered = True
+                self._emit(CallAnswered(now, call.call_id, call.anchor_uid, call.connected_agent or "unknown", None))
+            return
+        ring = call.rings.get(dest)
+        if ring is None:
+            return
+        if status != "ANSWER":
             self._finish_ring(call, dest, now, "noanswer" if status == "NOANSWER" else "cancelled")
+            return
+        if ring.queue is not None:
+            return  # a queue leg: AgentConnect follows and says more
+        self._finish_ring(call, dest, now, "answered")
+        x = call.xfer
+        if x is not None and (x.kind == "blind" or (x.completed and x.consult == dest)):
+            # blind transfer to an extension, or the consult target of a transfer whose
+            # transferer left before it answered ("blonde"): a person has the caller again
+            self._transfer_answered(call, dest, ring.agent, now)
 
     # -- hang-ups ------------------------------------------------------------------
 
@@ -410,17 +510,26 @@ class AmiTracker:
         uid = msg.get("Uniqueid") or ""
         call = self._by_uid.get(uid)
         if call is None:
-            # a ringing member leg that went away
+            # a ringing member leg that went away, or the consult leg of an attended transfer
             lid = msg.get("Linkedid")
             other = self._by_linkedid.get(lid) if lid else None
+            if other is None:
+                return
             chan = msg.get("Channel") or ""
-            if other is not None and chan in other.rings:
+            if chan in other.rings:
                 self._finish_ring(other, chan, now, "cancelled")
+            x = other.xfer
+            if x is not None and x.consult == chan and not x.completed:
+                other.xfer = None
+                self._emit(TransferEnded(now, other.call_id, "returned"))
             return
         self._close(call, now, lost=False)
 
     def _close(self, call: _Call, now: float, lost: bool) -> None:
         self._end_rings(call, now, "cancelled")
+        if call.xfer is not None:
+            call.xfer = None
+            self._emit(TransferEnded(now, call.call_id, "hangup"))
         if call.answered and not call.first_hangup_done and call.pending_hangup is not None:
             side, agent, at = call.pending_hangup
             self._decide(call, side, agent, at)
@@ -459,9 +568,186 @@ class AmiTracker:
             state = "unknown"
         reason = msg.get("PausedReason") or msg.get("Reason") or None
         self._emit(AgentStateChanged(now, agent, msg.get("Queue"), state, paused, reason if paused else None))
+        if msg.event == "QueueMemberPause":
+            self._wrapup_pause(agent, paused, reason, now)
+
+    def _wrapup_pause(self, agent: str, paused: bool, reason: str | None, now: float) -> None:
+        prefix = self.rules.wrapup_pause_prefix
+        if paused and reason and prefix and reason.startswith(prefix):
+            self._wrapup_tag[agent] = reason[len(prefix):].strip()
+        elif not paused and agent in self._wrapup_tag:
+            tag = self._wrapup_tag.pop(agent)
+            call_id = self._last_call_of_agent.get(agent)
+            if call_id is not None:
+                self._emit(DispositionReceived(now, call_id, tag, "", agent, "pbx-pause"))
 
     def _on_member_removed(self, msg: Message, now: float) -> None:
         self._emit(AgentRemoved(now, self._agent_name(msg), msg.get("Queue") or ""))
+
+    # -- agents' channels, outbound calls, transfers, recordings ------------------------
+
+    def _agent_for_channel(self, name: str, cid_name: str | None = None) -> str | None:
+        """The agent whose phone ``name`` is: a known queue member, else by the agent patterns
+        (then the member with that extension, else the phone's caller-ID name, else the extension)."""
+        base = channel_base(name)
+        agent = self._members.get(base)
+        if agent is not None:
+            return agent
+        for pattern in self.rules.agent_patterns:
+            m = pattern.match(base)
+            if m:
+                ext = m.groupdict().get("ext")
+                if not ext:
+                    return base
+                known = self._members_by_ext.get(ext)
+                if known is not None:
+                    return known
+                return cid_name if cid_name and cid_name not in _UNKNOWN_CID else ext
+        return None
+
+    def _is_outbound(self, msg: Message, dest: str) -> bool:
+        if msg.get("Context") in self.rules.outbound_contexts:
+            return True
+        base = channel_base(dest)
+        return any(p.match(base) for p in self.rules.outbound_patterns)
+
+    def _on_dial_begin(self, msg: Message, now: float) -> None:
+        dest = msg.get("DestChannel")
+        if not dest:
+            return
+        lid = msg.get("DestLinkedid") or msg.get("Linkedid") or ""
+        call = self._by_linkedid.get(lid)
+        chan = msg.get("Channel")
+        if call is not None:
+            if dest in call.rings or call.direction != "inbound":
+                return
+            agent = self._agent_for_channel(dest)
+            if agent is None:
+                return
+            leg = msg.get("DestUniqueid") or dest
+            if chan and local_pair(chan) in call.customer_keys:
+                self._start_ring(call, dest, leg, agent, None, now, now)  # the caller dials an extension
+            elif call.xfer is None and call.answered and call.hold_since is not None:
+                # the agent consults a colleague while the caller waits on hold: an attended transfer
+                call.xfer = _Xfer("attended", call.hold_since, consult=dest)
+                self._emit(TransferStarted(now, call.call_id, "attended", call.hold_since, call.connected_agent,
+                                           agent))
+                self._start_ring(call, dest, leg, agent, None, now, now)
+            elif call.xfer is not None:
+                self._start_ring(call, dest, leg, agent, None, now, now)
+            return
+        if not chan or not self._is_outbound(msg, dest):
+            return
+        self._start_outbound(msg, chan, dest, now)
+
+    def _start_outbound(self, msg: Message, chan: str, dest: str, now: float) -> None:
+        uid = msg.get("DestUniqueid") or dest
+        lid = msg.get("Linkedid") or uid
+        call_id = lid if lid not in self.calls else f"{lid}/{uid}"
+        call = _Call(call_id, uid, {lid}, {local_pair(dest)}, direction="outbound")
+        cid_name = msg.get("CallerIDName") or ""
+        agent = (self._agent_for_channel(chan, cid_name) or ("" if cid_name in _UNKNOWN_CID else cid_name)
+                 or channel_base(chan))
+        call.agent_keys[local_pair(chan)] = agent
+        call.connected_agent = agent
+        call.out_dest = dest
+        self.calls[call_id] = call
+        self._by_uid[uid] = call
+        self._by_linkedid[lid] = call
+        self._last_call_of_agent[agent] = call_id
+        exten = msg.get("Exten") or ""
+        number = exten if exten[-4:].isdigit() else (msg.get("DestCallerIDNum") or msg.get("DestExten") or "")
+        self._emit(CallOffered(now, call_id, "outbound", number, "", now, agent))
+
+    def _on_blind_transfer(self, msg: Message, now: float) -> None:
+        if msg.get("Result") != "Success":
+            return
+        uid = msg.get("TransfereeUniqueid") or ""
+        call = self._by_uid.get(uid)
+        if call is None:
+            lid = msg.get("TransfereeLinkedid")
+            call = self._by_linkedid.get(lid) if lid else None
+        if call is None or call.direction != "inbound":
+            return
+        from_agent = call.agent_keys.get(local_pair(msg.get("TransfererChannel") or ""))
+        ext, ctx = msg.get("Extension") or "", msg.get("Context") or ""
+        call.xfer = _Xfer("blind", now)
+        call.hold_since = None
+        self._emit(TransferStarted(now, call.call_id, "blind", now, from_agent, f"{ext}@{ctx}" if ctx else ext))
+
+    def _on_attended_transfer(self, msg: Message, now: float) -> None:
+        if msg.get("Result") != "Success":
+            return
+        call = self._by_uid.get(msg.get("TransfereeUniqueid") or "")
+        if call is None:
+            lid = msg.get("OrigTransfererLinkedid") or msg.get("TransfereeLinkedid")
+            call = self._by_linkedid.get(lid) if lid else None
+        if call is None or call.direction != "inbound":
+            return
+        x = call.xfer
+        if x is None or x.kind != "attended":
+            since = call.hold_since if call.hold_since is not None else now
+            x = call.xfer = _Xfer("attended", since)
+            self._emit(TransferStarted(now, call.call_id, "attended", since, call.connected_agent, None))
+        x.completed = True
+        x.dest_bridge = msg.get("DestBridgeUniqueid") or call.bridge
+        for key in ("OrigTransfererChannel", "SecondTransfererChannel"):
+            call.agent_keys.pop(local_pair(msg.get(key) or ""), None)
+
+    def _on_bridge_enter(self, msg: Message, now: float) -> None:
+        uid = msg.get("Uniqueid") or ""
+        bridge = msg.get("BridgeUniqueid")
+        call = self._by_uid.get(uid)
+        if call is not None:
+            call.bridge = bridge
+            return
+        lid = msg.get("Linkedid")
+        call = self._by_linkedid.get(lid) if lid else None
+        if call is None or call.xfer is None or not call.xfer.completed or bridge != call.xfer.dest_bridge:
+            return
+        chan = msg.get("Channel") or ""
+        agent = self._agent_for_channel(chan)
+        if agent is not None and chan not in call.rings:
+            self._transfer_answered(call, chan, agent, now)
+
+    def _transfer_answered(self, call: _Call, chan: str, agent: str, now: float) -> None:
+        call.xfer = None
+        call.hold_since = None
+        call.agent_keys[local_pair(chan)] = agent
+        call.connected_agent = agent
+        self._last_call_of_agent[agent] = call.call_id
+        self._emit(TransferAnswered(now, call.call_id, agent))
+
+    def _on_moh_start(self, msg: Message, now: float) -> None:
+        call = self._by_uid.get(msg.get("Uniqueid") or "")
+        if call is not None and call.answered and not call.in_queue and call.hold_since is None:
+            call.hold_since = now
+
+    def _on_moh_stop(self, msg: Message, now: float) -> None:
+        call = self._by_uid.get(msg.get("Uniqueid") or "")
+        if call is not None and call.xfer is None:
+            call.hold_since = None
+
+    def _on_mixmonitor(self, msg: Message, now: float) -> None:
+        call = self._call_for(msg)
+        if call is not None and not call.recorded:
+            call.recorded = True
+            self._emit(RecordingStarted(now, call.call_id))
+
+    def _on_user_event(self, msg: Message, now: float) -> None:
+        if msg.get("UserEvent") != self.rules.disposition_userevent:
+            return
+        tag = (msg.get("Tag") or "").strip()
+        call_id = msg.get("CallID")
+        if not call_id:
+            call = self._call_for(msg)
+            call_id = call.call_id if call is not None else msg.get("Linkedid")
+        if not call_id:
+            log.warning("ami.tracker: %s without CallID/Linkedid ignored", self.rules.disposition_userevent)
+            return
+        chan = msg.get("Channel")
+        agent = msg.get("Agent") or (self._agent_for_channel(chan) if chan else None)
+        self._emit(DispositionReceived(now, call_id, tag, msg.get("Note") or "", agent, "pbx-userevent"))
 
     # -- resync ------------------------------------------------------------------------
 
