@@ -287,11 +287,13 @@ def _sorted_positive(v: list[float]) -> list[float]:
 class MetricsConfig(_Strict):
     ring_buckets: list[float] = [3, 5, 10, 12, 14, 15, 16, 20, 30, 60]
     wait_buckets: list[float] = [5, 10, 15, 20, 30, 60, 120, 300, 600]
+    transfer_buckets: list[float] = [10, 30, 60, 90, 110, 120, 130, 180, 300, 600]
 
     @model_validator(mode="after")
     def _check(self) -> MetricsConfig:
         _sorted_positive(self.ring_buckets)
         _sorted_positive(self.wait_buckets)
+        _sorted_positive(self.transfer_buckets)
         return self
 
 

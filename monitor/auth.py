@@ -41,15 +41,19 @@ Permission = Literal[
     "agents:read",  # agents and their states
     "notices:read",  # agent notices (e.g. "apologise to the caller")
     "metrics:read",  # /metrics
+    "commitments:read",  # commitments (callbacks, complaint closing, ...) and the complaints report
+    "commitments:write",  # create / fulfil / annotate commitments (agents, supervisors; not QA)
+    "commitments:cancel",  # cancel a commitment (supervisor, admin)
     "admin:*",  # everything
 ]
 
 ADMIN_TOKEN_ENV: Final = "RINGWATCH_ADMIN_TOKEN"
 ADMIN_TOKEN_NAME: Final = "admin-env"
 
-_AGENT: frozenset[Permission] = frozenset({"metrics:read", "agents:read", "notices:read", "calls:dispose"})
-_QA: frozenset[Permission] = _AGENT | {"alerts:read", "calls:read"}
-_SUPERVISOR: frozenset[Permission] = _QA | {"alerts:ack"}
+_BASE: frozenset[Permission] = frozenset({"metrics:read", "agents:read", "notices:read", "commitments:read"})
+_AGENT: frozenset[Permission] = _BASE | {"calls:dispose", "commitments:write"}  # agents log their calls' outcomes
+_QA: frozenset[Permission] = _BASE | {"alerts:read", "calls:read"}  # QA reviews, does not log outcomes
+_SUPERVISOR: frozenset[Permission] = _QA | {"alerts:ack", "calls:dispose", "commitments:write", "commitments:cancel"}
 
 ROLE_PERMISSIONS: Final[Mapping[Role, frozenset[Permission]]] = {
     "agent": _AGENT,

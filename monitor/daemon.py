@@ -16,9 +16,10 @@ from alerts.hub import AlertHub
 from config.schema import Config
 from monitor.auth import TokenStore
 from monitor.clock import LoopClock
+from monitor.commitments_api import CommitmentsRuntime
 from monitor.engine import Monitor
 from monitor.web import AccessLogger, build_app
-from telephony.ami.adapter import AsteriskAdapter
+from telephony.ami.adapter import AsteriskAdapter, channel_rules
 
 log = logging.getLogger(__name__)
 
@@ -42,17 +43,22 @@ class Daemon:
         self.registry = CollectorRegistry()
         self._runner: web.AppRunner | None = None
         self.http_port: int | None = None
+        self.commitments: CommitmentsRuntime | None = None  # Redis (embedded or redis.url), store, service
 
     async def start(self) -> None:
         cfg = self.cfg
         self.clock = clock = LoopClock(scale=self.clock_scale)
         self.hub = hub = AlertHub(clock.now, cfg.alerts.history_limit)
         self.monitor = monitor = Monitor(cfg, clock, hub)
-        self.pbx = pbx = AsteriskAdapter(cfg.pbx.ami, monitor.handle, clock.now, **self._ami_overrides)
+        self.pbx = pbx = AsteriskAdapter(cfg.pbx.ami, monitor.handle, clock.now, channel_rules(cfg),
+                                         **self._ami_overrides)
         if len(self.tokens) == 0:
             log.warning("no API token is configured (auth.tokens, RINGWATCH_ADMIN_TOKEN): every endpoint "
                         "but /healthz will answer 401 / 未配置访问令牌")
         app = build_app(monitor, hub, cfg, self.registry, link_stats=pbx.stats, tokens=self.tokens)
+        if cfg.commitments.enabled:
+            self.commitments = CommitmentsRuntime(cfg, clock, hub, monitor, self.registry)
+            await self.commitments.start(app)  # never fails for Redis: the API answers 503 until it is back
         self._runner = runner = web.AppRunner(app, access_log_class=AccessLogger, handle_signals=False)
         await runner.setup()
         site = web.TCPSite(runner, cfg.http.host, cfg.http.port)
@@ -70,6 +76,9 @@ class Daemon:
         if self._runner is not None:
             await self._runner.cleanup()  # closes websockets (1001), drains webhooks
             self._runner = None
+        if self.commitments is not None:
+            await self.commitments.stop()  # scheduler and pending worker, then the store, then the embedded Redis
+            self.commitments = None
         if self.monitor is not None:
             self.monitor.close()
         log.info("ringwatch stopped")

@@ -396,7 +396,7 @@ class Monitor:
             raise DispositionError("unknown_call", f"找不到通话 {call_id}", f"no call {call_id} (live or recent)")
         now = self.clock.now()
         limit = self.cfg.rules.out_wrapup.wrapup_limit_s
-        late = call.ended_at is not None and now - call.ended_at > limit
+        late = call.ended_at is not None and now - call.ended_at >= limit
         call.disposition = {"tag": tag, "note": note, "at": round(now, 3), "late": late, "by": by,
                             "source": source}
         if complaint:

@@ -47,8 +47,11 @@ from telephony.events import (
     CallAbandoned,
     CallAnswered,
     CallEnded,
+    DispositionReceived,
     DomainEvent,
     QueueJoined,
+    TransferAnswered,
+    TransferEnded,
 )
 
 log = logging.getLogger(__name__)
@@ -174,6 +177,13 @@ class Metrics:
                                 registry=registry)
         self.abandoned = Counter("ringwatch_calls_abandoned", "Callers who hung up waiting in the queue",
                                  ["queue"], registry=registry)
+        self.transfer_wait = Histogram(
+            "ringwatch_transfer_wait_seconds", "Transfer hand-off (or consult hold) to the next answer, "
+            "or to the end of a transfer never answered", ["kind", "outcome"],
+            buckets=cfg.metrics.transfer_buckets, registry=registry,
+        )
+        self.dispositions = Counter("ringwatch_dispositions", "Call dispositions logged (OUT-WRAPUP), on time or late",
+                                    ["result"], registry=registry)
         self.violations = Counter("ringwatch_violations", "Rule violations (alerts opened)", ["rule", "queue"],
                                   registry=registry)
         self.queues: set[str] = set()
@@ -254,6 +264,21 @@ class Metrics:
                 self.queue_wait.labels(queue=ev.queue, outcome="abandoned").observe(max(ev.at - since, 0.0))
         elif isinstance(ev, CallEnded):
             self._joined.pop(ev.call_id, None)
+        elif isinstance(ev, TransferAnswered | TransferEnded):
+            self._observe_transfer(ev)
+        elif isinstance(ev, DispositionReceived):
+            call = self._monitor.call(ev.call_id) if self._monitor is not None else None
+            late = bool(call and call.disposition and call.disposition.get("late"))
+            self.dispositions.labels(result="late" if late else "on_time").inc()
+
+    def _observe_transfer(self, ev: TransferAnswered | TransferEnded) -> None:
+        call = self._monitor.call(ev.call_id) if self._monitor is not None else None
+        if call is None or not call.transfers:
+            return
+        t = call.transfers[-1]
+        if t.wait_s is not None:
+            outcome = "answered" if isinstance(ev, TransferAnswered) else ev.outcome
+            self.transfer_wait.labels(kind=t.kind, outcome=outcome).observe(max(t.wait_s, 0.0))
 
     def _observe_ring(self, ev: AgentRingEnded) -> None:
         assert self._monitor is not None

@@ -21,7 +21,7 @@ from config.schema import Config
 from monitor.calls import Call
 from monitor.clock import Clock, LoopClock, Timer, VirtualClock
 from monitor.engine import Monitor
-from telephony.ami.adapter import replay_trace, replay_trace_tcp
+from telephony.ami.adapter import channel_rules, replay_trace, replay_trace_tcp
 
 Output = Callable[[dict[str, Any]], None]
 
@@ -59,6 +59,7 @@ def attach_output(monitor: Monitor, hub: AlertHub, out: Output) -> None:
         out(record)
 
     monitor.on_record(on_record)
+    monitor.on_output(out)
 
 
 def replay_virtual(path: str | Path, cfg: Config, out: Output,
@@ -73,7 +74,7 @@ def replay_virtual(path: str | Path, cfg: Config, out: Output,
     attach_output(monitor, hub, out)
     if setup is not None:
         setup(monitor)
-    replay_trace(path, clock.advance_to, monitor.handle, cfg.pbx.ami.max_message_bytes)
+    replay_trace(path, clock.advance_to, monitor.handle, cfg.pbx.ami.max_message_bytes, channel_rules(cfg))
     return monitor
 
 
@@ -93,9 +94,12 @@ class SummaryOutput:
                 f"caller={obj['caller']} {ans} agent={obj['agent']} wait={obj['wait_s']} ring={obj['ring_s']} "
                 f"first_hangup={obj['first_hangup']}\n"
             )
-        else:
+        elif obj["type"] in ("alert", "notice"):
             self.stream.write(f"[{obj['at']:>9.3f}] {obj['type']} {obj['rule']} {obj['text']['zh']} | "
                               f"{obj['text']['en']}\n")
+        else:
+            self.stream.write(f"[{obj.get('at', 0):>9.3f}] {obj['type']} "
+                              f"{json.dumps(obj, ensure_ascii=False)}\n")
 
 
 
@@ -153,7 +157,7 @@ async def replay_tcp(path: str | Path, cfg: Config, out: Output, speed: float) -
     monitor = Monitor(cfg, clock, hub)
     attach_output(monitor, hub, out)
     try:
-        await replay_trace_tcp(path, speed, monitor.handle, clock.now, origin, cfg.pbx.ami)
+        await replay_trace_tcp(path, speed, monitor.handle, clock.now, origin, cfg.pbx.ami, channel_rules(cfg))
     finally:
         clock.cancel_all()
     return monitor

@@ -45,7 +45,11 @@ def test_permission_table(permission: Permission) -> None:
 
 def test_roles_are_ordered() -> None:
     agent, qa, sup, admin = (ROLE_PERMISSIONS[r] for r in ROLES)
-    assert agent < qa < sup < admin
+    assert agent < sup < admin
+    assert qa < sup
+    # QA reviews calls and alerts but does not log an agent's call outcome
+    assert "calls:dispose" in agent
+    assert "calls:dispose" not in qa
 
 
 def test_tokens_from_config_env_and_file(tmp_path: Path) -> None:

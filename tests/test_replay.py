@@ -13,11 +13,38 @@ from config.schema import Config
 from tests.replaytools import FIXTURES, WITH_TRUTH, judge, replay_lines
 
 
+@pytest.mark.parametrize("scope", ["A", "B"])
 @pytest.mark.parametrize("name", WITH_TRUTH)
-def test_trace_matches_ground_truth(name: str, tmp_path: Path) -> None:
+def test_trace_matches_ground_truth(name: str, scope: str, tmp_path: Path) -> None:
+    """Scope A: inbound calls and IN-ANSWER; scope B adds transfers, recordings, IN-XFER, IN-HANGUP."""
     lines = replay_lines(FIXTURES / f"{name}.jsonl")
-    res = judge(FIXTURES / f"{name}.truth.json", lines, tmp_path)
+    res = judge(FIXTURES / f"{name}.truth.json", lines, tmp_path, scope)
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_long_transfer_wait_alerts_at_the_limit_and_only_there() -> None:
+    for name in WITH_TRUTH:
+        lines = replay_lines(FIXTURES / f"{name}.jsonl")
+        xfer = [o for o in lines if o["type"] == "alert" and o["rule"] == "IN-XFER"]
+        if name == "S07_blind_transfer_long_wait":
+            call = next(o for o in lines if o["type"] == "call")
+            [t] = call["transfers"]
+            assert [a["at"] for a in xfer] == [pytest.approx(t["at"] + 120.0, abs=1e-6)]
+            assert xfer[0]["at"] < t["answered_at"]  # live, while the caller still waits
+            assert t["wait_s"] == pytest.approx(130.098, abs=0.5)
+        else:
+            assert not xfer, name
+
+
+def test_recorded_call_and_outbound_call_records() -> None:
+    s10 = next(o for o in replay_lines(FIXTURES / "S10_recorded_call_mixmonitor.jsonl") if o["type"] == "call")
+    assert s10["recorded"] is True
+    lines = replay_lines(FIXTURES / "S08_outbound_click_to_call.jsonl")
+    s08 = next(o for o in lines if o["type"] == "call")
+    assert (s08["direction"], s08["agent"], s08["caller"]) == ("outbound", "Agent 7001", "5****34")
+    assert s08["ring_s"] == pytest.approx(8.004, abs=0.01)
+    assert s08["first_hangup"] == "customer"
+    assert not [o for o in lines if o["type"] == "alert" and o["rule"].startswith("IN-")]
 
 
 def _truth(name: str) -> dict[str, Any]:

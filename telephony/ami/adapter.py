@@ -7,14 +7,21 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from config.schema import AmiConfig
+from config.schema import AmiConfig, Config
 from telephony.ami.client import AmiClient, AmiClientStats, AmiConnection
 from telephony.ami.codec import DEFAULT_MAX_MESSAGE_BYTES, AmiDecoder, Banner, Message, encode_message
 from telephony.ami.server import TraceAmiServer as TraceAmiServer
 from telephony.ami.server import replay_trace_tcp as replay_trace_tcp
 from telephony.ami.trace import read_trace
-from telephony.ami.tracker import AmiTracker
+from telephony.ami.tracker import AmiTracker, ChannelRules
 from telephony.events import DomainEvent
+
+
+def channel_rules(cfg: Config) -> ChannelRules:
+    """The tracker's site rules (agents' phones, outbound dials, dispositions) from ``pbx.channels``."""
+    ch = cfg.pbx.channels
+    return ChannelRules.build(ch.agent_patterns, ch.outbound_contexts, ch.outbound_patterns,
+                              ch.disposition_userevent, ch.wrapup_pause_prefix)
 
 
 def replay_trace(
@@ -22,6 +29,7 @@ def replay_trace(
     advance_to: Callable[[float], None],
     emit: Callable[[DomainEvent], None],
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    rules: ChannelRules | None = None,
 ) -> AmiTracker:
     """Feed a recorded ``.jsonl`` trace through the real codec and tracker.
 
@@ -32,7 +40,7 @@ def replay_trace(
     responses and list events are in the trace and reach the tracker as they
     reached the recorder.
     """
-    tracker = AmiTracker(emit)
+    tracker = AmiTracker(emit, rules)
     decoder = AmiDecoder(max_message_bytes, wanted_events=AmiTracker.WANTED)
     connected = False
     for item in read_trace(path):
@@ -65,10 +73,11 @@ class AsteriskAdapter:
         cfg: AmiConfig,
         emit: Callable[[DomainEvent], None],
         now: Callable[[], float],
+        rules: ChannelRules | None = None,
         **client_overrides: Any,
     ) -> None:
         self._now = now
-        self.tracker = AmiTracker(emit)
+        self.tracker = AmiTracker(emit, rules)
         self.client = AmiClient.from_config(
             cfg,
             on_message=self._on_message,

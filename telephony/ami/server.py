@@ -30,7 +30,7 @@ from config.schema import AmiConfig
 from telephony.ami.client import AmiClient, AmiConnection
 from telephony.ami.codec import AmiDecoder, Message, encode_message
 from telephony.ami.trace import TraceItem, read_trace
-from telephony.ami.tracker import AmiTracker
+from telephony.ami.tracker import AmiTracker, ChannelRules
 from telephony.events import DomainEvent
 
 log = logging.getLogger(__name__)
@@ -689,6 +689,7 @@ async def replay_trace_tcp(
     now: Callable[[], float],
     origin: float,
     ami: AmiConfig | None = None,
+    rules: ChannelRules | None = None,
 ) -> AmiTracker:
     """Play a recorded trace over loopback TCP through the real client and tracker.
 
@@ -702,7 +703,7 @@ async def replay_trace_tcp(
     """
     ami = ami or AmiConfig()
     items = list(read_trace(path))
-    tracker = AmiTracker(emit)
+    tracker = AmiTracker(emit, rules)
     link_down = asyncio.Event()
 
     def on_connected() -> None:
