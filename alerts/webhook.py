@@ -15,6 +15,11 @@ Body: the same object as a websocket frame (``alerts.ws.change_frame``):
 ``{"type": "alert" | "notice", "change": "opened" | "acked" | "resolved", "by", ...}``,
 with an ``Idempotency-Key: <alert id>:<change>`` header so a receiver can
 discard a retried duplicate.
+
+A subclass changes what is sent and how the answer is read, and nothing else:
+:meth:`WebhookSink.request` (URL, body, headers of each attempt) and
+:meth:`WebhookSink.refusal` (which answers are delivered / retried / final);
+the chat-bot sinks in ``alerts.chat`` do that.
 """
 
 from __future__ import annotations
@@ -45,10 +50,13 @@ def default_session() -> aiohttp.ClientSession:
     return aiohttp.ClientSession(headers={"User-Agent": _USER_AGENT}, trust_env=False)
 
 
-class _Retryable(Exception):
+class Retryable(Exception):
+    """Raised by :meth:`WebhookSink.refusal` (or the transport) for an answer worth retrying."""
+
     def __init__(self, what: str) -> None:
         super().__init__(what)
         self.what = what
+
 
 
 class WebhookSink:
@@ -152,46 +160,63 @@ class WebhookSink:
         base = min(self.cfg.backoff_max_s, self.cfg.backoff_initial_s * 2.0 ** (attempt - 1))
         return base * (0.5 + self._rng.random() / 2)
 
-    async def _deliver(self, change: AlertChange) -> None:
+    # -- what a subclass (a chat-bot sink, alerts.chat) may change -------------------
+
+    def request(self, change: AlertChange) -> tuple[str, bytes, dict[str, str]]:
+        """URL, body and headers of one delivery attempt (called again for every retry, so a
+        subclass can sign each attempt with a fresh timestamp)."""
         body = json.dumps(change_frame(change), ensure_ascii=False).encode("utf-8")
         headers = {"Content-Type": "application/json; charset=utf-8",
                    "Idempotency-Key": f"{change.alert.id}:{change.kind}"}
+        return self.cfg.url, body, headers
+
+    def refusal(self, status: int, answer: bytes) -> str | None:
+        """None if the receiver took the change; else why it refused (final, not retried).
+        Raises :class:`Retryable` for what is worth retrying (5xx, 408, 429)."""
+        if status >= 500 or status in _RETRY_STATUS:
+            raise Retryable(f"HTTP {status}")
+        return None if status < 300 else f"HTTP {status}"  # a 4xx, or a redirect (not followed)
+
+    # -- delivery (continued) --------------------------------------------------------
+
+    async def _deliver(self, change: AlertChange) -> None:
         what = ""
         for attempt in range(self.cfg.max_retries + 1):
             if attempt:
                 self.retries += 1
                 await self._sleep(self.backoff(attempt))
+            url, body, headers = self.request(change)
             try:
-                status = await self._post(body, headers)
-            except _Retryable as e:
+                status, answer = await self._post(url, body, headers)
+                refused = self.refusal(status, answer)
+            except Retryable as e:
                 what = e.what
                 log.info("webhook %s: %s %s: %s (attempt %d)", self.name, change.alert.id, change.kind, what,
                          attempt + 1)
                 continue
-            if status < 300:
+            if refused is None:
                 self.delivered += 1
                 return
-            self.failed += 1  # a 4xx (or a redirect, which is not followed)
-            log.warning("webhook %s: %s %s refused with HTTP %d; not retried", self.name, change.alert.id,
-                        change.kind, status)
+            self.failed += 1
+            log.warning("webhook %s: %s %s refused with %s; not retried", self.name, change.alert.id,
+                        change.kind, refused)
             return
         self.failed += 1
         log.warning("webhook %s: %s %s not delivered after %d attempts (last: %s)", self.name, change.alert.id,
                     change.kind, self.cfg.max_retries + 1, what)
 
-    async def _post(self, body: bytes, headers: dict[str, str]) -> int:
-        """The final HTTP status; raises :class:`_Retryable` for what is worth retrying."""
+    async def _post(self, url: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
+        """The HTTP status and (the first 64 KiB of) the answer; raises :class:`Retryable` on
+        network errors and timeouts."""
         assert self._session is not None
         try:
-            async with self._session.post(self.cfg.url, data=body, headers=headers,
+            async with self._session.post(url, data=body, headers=headers,
                                           timeout=aiohttp.ClientTimeout(total=self.cfg.timeout_s),
                                           allow_redirects=False) as resp:
                 status = resp.status
-                await resp.content.read(64 * 1024)  # a small body is read so the connection can be reused
+                answer = await resp.content.read(64 * 1024)  # read, so the connection can be reused
         except TimeoutError:
-            raise _Retryable("timeout") from None
+            raise Retryable("timeout") from None
         except aiohttp.ClientError as e:
-            raise _Retryable(type(e).__name__) from None
-        if status >= 500 or status in _RETRY_STATUS:
-            raise _Retryable(f"HTTP {status}")
-        return status
+            raise Retryable(type(e).__name__) from None
+        return status, answer

@@ -277,6 +277,14 @@ class AlertsConfig(_Strict):
     webhooks: list[WebhookConfig] = []
     chat: list[ChatConfig] = []  # WeCom / DingTalk / Feishu group robots (alerts.chat)
 
+    @model_validator(mode="after")
+    def _unique_chat_names(self) -> AlertsConfig:
+        names = [c.name for c in self.chat]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"chat robot names must be unique (they label metrics and logs): {', '.join(dup)}")
+        return self
+
 
 def _sorted_positive(v: list[float]) -> list[float]:
     if not v or any(b <= 0 for b in v) or sorted(v) != v or len(set(v)) != len(v):

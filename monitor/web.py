@@ -1,7 +1,7 @@
 """The HTTP face of ringwatch: health, Prometheus metrics, live alerts (websocket) and a small JSON API.
 
 :func:`build_app` wires the shared objects under typed :class:`web.AppKey` s.
-Lifecycles go through aiohttp: the alert sinks (websocket hub, webhooks) are
+Lifecycles go through aiohttp: the alert sinks (websocket hub, webhooks, chat robots) are
 started and stopped by a ``cleanup_ctx``; open websockets are closed with 1001
 (going away) on the app's ``on_shutdown`` already, because aiohttp waits for
 running handlers (a websocket is one) *before* it runs the cleanup contexts.

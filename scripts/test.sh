@@ -9,6 +9,17 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip >/dev/null
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+# Tools the deploy tests run (Debian packages): promtool (prometheus) for `promtool test rules`,
+# systemd-analyze (systemd) for `systemd-analyze verify`. Installed only when missing and we are
+# root with apt-get (as in CI); otherwise those tests skip and say why.
+need_pkgs=()
+command -v promtool >/dev/null 2>&1 || need_pkgs+=(prometheus)
+command -v systemd-analyze >/dev/null 2>&1 || need_pkgs+=(systemd)
+if [ ${#need_pkgs[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "== apt-get install ${need_pkgs[*]}"
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        "${need_pkgs[@]}" >/dev/null; } || echo "warning: could not install ${need_pkgs[*]}" >&2
+fi
 echo "== ruff"
 .venv/bin/ruff check .
 echo "== mypy --strict"

@@ -143,7 +143,7 @@ def test_labels_are_bounded_no_numbers_no_call_ids(name: str) -> None:
     r = replay(name)
     text = generate_latest(r.registry).decode()
     ids = {o["id"] for o in r.out} | {o.get("call") for o in r.out}
-    allowed = {"queue", "rule", "outcome", "state", "le", "webhook", "result"}
+    allowed = {"queue", "rule", "outcome", "state", "le", "webhook", "result", "kind"}  # kind: transfer kind
     for s in samples(text):
         assert set(s.labels) <= allowed, s
         for v in s.labels.values():
