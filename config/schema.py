@@ -39,6 +39,9 @@ class AmiConfig(_Strict):
     reconnect_max_s: float = Field(30, gt=0)
     reconnect_factor: float = Field(2.0, ge=1)
     max_message_bytes: int = Field(65536, ge=1024)
+    #: staleness sweep: every this many seconds a CoreShowChannels; calls whose channels the PBX no
+    #: longer has (a lost Hangup) are closed as lost.  0 = only after each (re)connect.
+    sweep_interval_s: float = Field(300, ge=0)
 
     def secret(self) -> str:
         """The AMI secret from the environment or a file (never from YAML)."""
@@ -81,10 +84,54 @@ class ChannelsConfig(_Strict):
         return self
 
 
+class EslConfig(_Strict):
+    """The FreeSWITCH event socket (mod_event_socket), used when ``pbx.kind`` is ``freeswitch``."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8021, ge=1, le=65535)
+    password_env: str | None = "RINGWATCH_ESL_PASSWORD"
+    password_file: Path | None = None
+    connect_timeout_s: float = Field(5, gt=0)
+    login_timeout_s: float = Field(10, gt=0)
+    command_timeout_s: float = Field(10, gt=0)
+    #: FreeSWITCH sends HEARTBEAT every event-heartbeat-interval (20 s by default); nothing at all
+    #: received for this long and the link is declared dead (keep it > the interval)
+    heartbeat_timeout_s: float = Field(60, gt=0)
+    reconnect_initial_s: float = Field(0.5, gt=0)
+    reconnect_max_s: float = Field(30, gt=0)
+    reconnect_factor: float = Field(2.0, ge=1)
+    auth_retry_min_s: float = Field(10, ge=0)  # a refused password is retried no sooner than this
+    max_frame_bytes: int = Field(16 * 1024 * 1024, ge=64 * 1024)
+    #: narrow: only the events the tracker reads; all: `event plain ALL` (troubleshooting only)
+    subscription: Literal["narrow", "all"] = "narrow"
+    #: channel names that are agents' phones; group "ext" is matched with the callcenter agent name
+    agent_patterns: list[str] = [r"^loopback/(?:phone|agent|handset)(?P<ext>\d+)(?:/[^-]*)?-[ab]$",
+                                 r"^sofia/[^/]+/(?:sip:)?(?P<ext>\d{3,6})(?:@|$)", r"^user/(?P<ext>\d{3,6})(?:@|$)"]
+    #: a leg bridged from a channel in one of these dialplan contexts is an outbound call
+    outbound_contexts: list[str] = ["outbound"]
+    #: or a leg whose channel name matches one of these (gateways)
+    outbound_patterns: list[str] = [r"^sofia/gateway/", r"^loopback/customer\d+-a$"]
+
+    @model_validator(mode="after")
+    def _check(self) -> EslConfig:
+        _regexes(self.agent_patterns)
+        _regexes(self.outbound_patterns)
+        return self
+
+    def password(self) -> str:
+        """The ESL password from the environment or a file (never from YAML)."""
+        if self.password_env and os.environ.get(self.password_env):
+            return os.environ[self.password_env]
+        if self.password_file:
+            return self.password_file.read_text(encoding="utf-8").strip()
+        return ""
+
+
 class PbxConfig(_Strict):
-    kind: Literal["asterisk"] = "asterisk"
+    kind: Literal["asterisk", "freeswitch"] = "asterisk"  # RINGWATCH_PBX_KIND
     ami: AmiConfig = AmiConfig()
-    channels: ChannelsConfig = ChannelsConfig()
+    esl: EslConfig = EslConfig()
+    channels: ChannelsConfig = ChannelsConfig()  # Asterisk channel names (FreeSWITCH: pbx.esl)
 
 
 class InAnswerRule(_Strict):
@@ -415,6 +462,72 @@ class CommitmentsConfig(_Strict):
         return self
 
 
+class TrunkConfig(_Strict):
+    """A trunk (中继线路) of SYS-LINES: a name for metrics, alerts and reports, and the PBX lines it is made
+    of (regexes on ``PJSIP/<endpoint>``, ``SIP/<peer>``, ``registration/<name>``); up when all are up."""
+
+    name: str = Field(min_length=1, max_length=64)
+    lines: list[str] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> TrunkConfig:
+        _regexes(self.lines)
+        return self
+
+
+class ProbeConfig(_Strict):
+    """The synthetic test call (SYS-LINES): a SIP account of ringwatch's own calls the hotline."""
+
+    enabled: bool = False
+    registrar_host: str = "127.0.0.1"  # the PBX / SBC / proxy the probe registers with (an IP address)
+    registrar_port: int = Field(5060, ge=1, le=65535)
+    local_ip: str = "127.0.0.1"  # the address the probe binds and advertises (SIP and RTP)
+    username: str = "ringwatch-probe"
+    password_env: str | None = "RINGWATCH_PROBE_PASSWORD"
+    password_file: Path | None = None
+    hotline: str = "95500"  # the number (user part) the probe calls
+    timeout_s: float = Field(20, gt=0, le=300)  # the whole probe; the worker is killed 2 s after
+    register_timeout_s: float = Field(3, gt=0)
+    listen_s: float = Field(2, gt=0)  # after the answer: how long to listen for audio (RTP)
+    min_rtp_packets: int = Field(10, ge=1)  # fewer than this in listen_s: "no audio"
+    every_min: float = Field(0, ge=0)  # also probe this often (0: only the daily inspection's probe)
+    daily_margin_min: float = Field(10, ge=0)  # the daily inspection (with its probe) starts this long before inspection_at
+
+    def password(self) -> str:
+        """From the environment or a file (never from YAML); empty when none is configured."""
+        return _read_secret(self.password_env, self.password_file) or ""
+
+
+class LinesConfig(_Strict):
+    """SYS-LINES: trunk state, connect rate per trunk, the daily inspection, the probe call, outages."""
+
+    enabled: bool = True
+    trunks: list[TrunkConfig] = []
+    #: other lines matching these are trunks too, each its own trunk named by the line (max 50)
+    auto_trunk_patterns: list[str] = [r"^(?:PJSIP|SIP)/[^/]*trunk"]
+    inspection_at: str = "07:30"  # local time (``timezone``) by which the daily report is out
+    line_recovery_limit_min: float = Field(30, gt=0)  # still down this long: escalated
+    escalation_targets: list[str] = []  # named in the escalated alert (on-call, carrier desk, ...)
+    #: AMI lists asked after every login (DeviceStateList: write class reporting; PJSIP lists: system)
+    resync_actions: list[str] = ["DeviceStateList", "PJSIPShowRegistrationsOutbound"]
+    min_recording_ratio: float = Field(1.0, ge=0, le=1)  # SYS-REC share below this fails the inspection
+    min_connect_ratio: float | None = Field(None, ge=0, le=1)  # a trunk's inbound rate below this fails it
+    keep_days: int = Field(8, ge=2, le=400)  # hourly connect counts and outages kept in memory
+    keep_reports: int = Field(400, ge=1)  # inspection reports kept (store and memory)
+    store: Literal["auto", "memory", "redis"] = "auto"  # auto: Redis when redis.url or the embedded server
+    probe: ProbeConfig = ProbeConfig()
+
+    @model_validator(mode="after")
+    def _check(self) -> LinesConfig:
+        _hhmm(self.inspection_at)
+        _regexes(self.auto_trunk_patterns)
+        names = [t.name for t in self.trunks]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"trunk names must be unique: {', '.join(dup)}")
+        return self
+
+
 class Config(_Strict):
     timezone: str = "Asia/Shanghai"
     pbx: PbxConfig = PbxConfig()
@@ -427,6 +540,7 @@ class Config(_Strict):
     calls: CallsConfig = CallsConfig()
     redis: RedisConfig = RedisConfig()
     commitments: CommitmentsConfig = CommitmentsConfig()
+    lines: LinesConfig = LinesConfig()  # SYS-LINES (monitor.lines, monitor.inspection, monitor.probe)
     data_dir: Path = Path("./ringwatch-data")
 
 
@@ -436,10 +550,14 @@ ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
     "RINGWATCH_AMI_HOST": ("pbx", "ami", "host"),
     "RINGWATCH_AMI_PORT": ("pbx", "ami", "port"),
     "RINGWATCH_AMI_USER": ("pbx", "ami", "username"),
+    "RINGWATCH_PBX_KIND": ("pbx", "kind"),
+    "RINGWATCH_ESL_HOST": ("pbx", "esl", "host"),
+    "RINGWATCH_ESL_PORT": ("pbx", "esl", "port"),
     "RINGWATCH_REDIS_URL": ("redis", "url"),
     "RINGWATCH_DATA_DIR": ("data_dir",),
 }
-# RINGWATCH_AMI_SECRET and RINGWATCH_ADMIN_TOKEN are read where used, never copied into the config.
+# RINGWATCH_AMI_SECRET, RINGWATCH_ESL_PASSWORD and RINGWATCH_ADMIN_TOKEN are read where used, never copied into
+# the config.
 
 
 def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:

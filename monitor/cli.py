@@ -23,11 +23,7 @@ def _setup_logging(level: str) -> None:
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
-    try:
-        cfg = load_config(args.file)
-    except ConfigError as e:
-        print(e, file=sys.stderr)
-        return 2
+    cfg = load_config(args.file)
     print(f"{args.file}: OK (AMI {cfg.pbx.ami.host}:{cfg.pbx.ami.port}, HTTP {cfg.http.host}:{cfg.http.port}, "
           f"IN-ANSWER {cfg.rules.in_answer.ring_limit_s:g}s, IN-WAIT {cfg.rules.in_wait.max_wait_s:g}s)")
     return 0
@@ -36,11 +32,7 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
 def _cmd_replay(args: argparse.Namespace) -> int:
     from monitor.replay import JsonLinesOutput, SummaryOutput, replay_virtual
 
-    try:
-        cfg = load_config(args.config)
-    except ConfigError as e:
-        print(e, file=sys.stderr)
-        return 2
+    cfg = load_config(args.config)
     if args.speed < 0:
         print("--speed must be 0 (virtual clock) or > 0", file=sys.stderr)
         return 2
@@ -61,23 +53,48 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     from monitor.daemon import run_daemon
 
-    try:
-        cfg = load_config(args.config)
-    except ConfigError as e:
-        print(e, file=sys.stderr)
-        return 2
+    cfg = load_config(args.config)
     return asyncio.run(run_daemon(cfg))
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from monitor.demo import run_demo
 
+    cfg = load_config(args.config)
+    return asyncio.run(run_demo(cfg, speed=args.speed, loops=args.loops, recordings=args.recordings,
+                                seed=args.seed, rate=args.rate))
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    """The call-centre simulator alone: an AMI server for a ringwatch elsewhere, or a capture."""
+    from monitor.simulate import run_simulate
+
+    return run_simulate(args)
+
+
+def _cmd_report_complaints(args: argparse.Namespace) -> int:
+    import json
+    import time
+    from zoneinfo import ZoneInfo
+
+    from monitor.commitments import CommitmentError, StoreUnavailable, month_range, previous_month, report_csv
+    from monitor.commitments_api import report_from_store
+    from monitor.redis_embedded import EmbeddedRedisError
+
+    cfg = load_config(args.config)
+    tz = ZoneInfo(cfg.timezone)
+    month = args.month or previous_month(time.time(), tz)
     try:
-        cfg = load_config(args.config)
-    except ConfigError as e:
-        print(e, file=sys.stderr)
+        month_range(month, tz)
+        report = asyncio.run(report_from_store(cfg, month, time.time()))
+    except CommitmentError as e:
+        print(f"ringwatch report: {e.en} / {e.zh}", file=sys.stderr)
         return 2
-    return asyncio.run(run_demo(cfg, speed=args.speed, loops=args.loops))
+    except (StoreUnavailable, EmbeddedRedisError) as e:
+        print(f"ringwatch report: the commitments store is unavailable: {e}", file=sys.stderr)
+        return 1
+    sys.stdout.write(report_csv(report) if args.csv else json.dumps(report, ensure_ascii=False, indent=2) + "\n")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -89,7 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--config", help="YAML file over the defaults")
     run.set_defaults(fn=_cmd_run)
 
-    rp = sub.add_parser("replay", help="replay a recorded AMI trace (.jsonl) through the real code")
+    rp = sub.add_parser("replay", help="replay a recorded AMI trace (.jsonl, or a raw byte capture .raw) "
+                        "through the real code")
     rp.add_argument("trace")
     rp.add_argument("--speed", type=float, default=0.0,
                     help="0: virtual clock, as fast as possible (default); S>0: over loopback TCP at S x recorded pace")
@@ -104,8 +122,37 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="replay the bundled recordings over real AMI in a loop, daemon and HTTP up")
     demo.add_argument("--config", help="YAML file over the defaults")
     demo.add_argument("--speed", type=float, default=1.0)
-    demo.add_argument("--loops", type=int, default=0, help="0 = forever")
+    demo.add_argument("--loops", type=int, default=0, help="with --recordings: 0 = forever")
+    demo.add_argument("--recordings", action="store_true",
+                      help="play the recorded Asterisk 22 calls in a loop instead of the simulator")
+    demo.add_argument("--seed", type=int, default=1, help="simulator: random seed (same seed, same calls)")
+    demo.add_argument("--rate", type=float, default=5.0, help="simulator: inbound calls per minute")
     demo.set_defaults(fn=_cmd_demo)
+
+    sim = sub.add_parser("simulate", help="a simulated call centre speaking Asterisk AMI (server or .raw capture)")
+    sim.add_argument("--host", default="127.0.0.1", help="listen address (loopback by default)")
+    sim.add_argument("--port", type=int, default=5038)
+    sim.add_argument("--username", default="ringwatch")
+    sim.add_argument("--secret-env", default="RINGWATCH_AMI_SECRET", help="environment variable holding the secret")
+    sim.add_argument("--speed", type=float, default=1.0, help="simulated seconds per real second; 0: as fast as "
+                     "the client reads")
+    sim.add_argument("--seed", type=int, default=1)
+    sim.add_argument("--rate", type=float, default=5.0, help="inbound calls per minute")
+    sim.add_argument("--outbound-rate", type=float, default=1.0, help="outbound dials per minute")
+    sim.add_argument("--agents", type=int, default=10, help="support agents (plus 2 dynamic, 3 in claims)")
+    sim.add_argument("--duration", type=float, default=None, help="simulated seconds of arrivals (default: forever)")
+    sim.add_argument("--timestamps", action="store_true", help="a Timestamp header on every event")
+    sim.add_argument("--write", metavar="FILE.raw", help="write a raw AMI capture instead of serving "
+                     "(needs --duration; Timestamp headers on)")
+    sim.set_defaults(fn=_cmd_simulate)
+
+    report = sub.add_parser("report", help="reports from the commitments store")
+    rsub = report.add_subparsers(dest="report", required=True)
+    rc = rsub.add_parser("complaints", help="CMP-MONTHLY: a month's overdue complaint commitments with reasons")
+    rc.add_argument("--month", help="YYYY-MM (default: last month, in the configured timezone)")
+    rc.add_argument("--csv", action="store_true", help="CSV instead of JSON")
+    rc.add_argument("--config", help="YAML file over the defaults")
+    rc.set_defaults(fn=_cmd_report_complaints)
     return p
 
 
@@ -114,6 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     _setup_logging(args.log_level)
     try:
         return int(args.fn(args))
+    except ConfigError as e:  # every command: a clear message naming the key, exit 2
+        print(e, file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
 

@@ -20,6 +20,7 @@ from monitor.commitments_api import CommitmentsRuntime
 from monitor.engine import Monitor
 from monitor.web import AccessLogger, build_app
 from telephony.ami.adapter import AsteriskAdapter, channel_rules
+from telephony.esl.adapter import FreeSwitchAdapter, esl_channel_rules
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ class Daemon:
         self.clock: LoopClock | None = None
         self.hub: AlertHub | None = None
         self.monitor: Monitor | None = None
-        self.pbx: AsteriskAdapter | None = None
+        self.pbx: AsteriskAdapter | FreeSwitchAdapter | None = None
         self.registry = CollectorRegistry()
         self._runner: web.AppRunner | None = None
         self.http_port: int | None = None
@@ -50,8 +51,13 @@ class Daemon:
         self.clock = clock = LoopClock(scale=self.clock_scale)
         self.hub = hub = AlertHub(clock.now, cfg.alerts.history_limit)
         self.monitor = monitor = Monitor(cfg, clock, hub)
-        self.pbx = pbx = AsteriskAdapter(cfg.pbx.ami, monitor.handle, clock.now, channel_rules(cfg),
-                                         **self._ami_overrides)
+        pbx: AsteriskAdapter | FreeSwitchAdapter
+        if cfg.pbx.kind == "freeswitch":  # the overrides (host, port, password, ...) go to the ESL client
+            pbx = FreeSwitchAdapter(cfg.pbx.esl, monitor.handle, clock.now, esl_channel_rules(cfg),
+                                    **self._ami_overrides)
+        else:
+            pbx = AsteriskAdapter(cfg.pbx.ami, monitor.handle, clock.now, channel_rules(cfg), **self._ami_overrides)
+        self.pbx = pbx
         if len(self.tokens) == 0:
             log.warning("no API token is configured (auth.tokens, RINGWATCH_ADMIN_TOKEN): every endpoint "
                         "but /healthz will answer 401 / 未配置访问令牌")
@@ -66,8 +72,12 @@ class Daemon:
         server = site._server  # aiohttp exposes the bound port only there
         sockets = getattr(server, "sockets", None) or []
         self.http_port = sockets[0].getsockname()[1] if sockets else cfg.http.port
-        log.info("HTTP on %s:%s; attaching to AMI %s:%s as %s", cfg.http.host, self.http_port,
-                 cfg.pbx.ami.host, cfg.pbx.ami.port, cfg.pbx.ami.username)
+        if cfg.pbx.kind == "freeswitch":
+            log.info("HTTP on %s:%s; attaching to FreeSWITCH ESL %s:%s", cfg.http.host, self.http_port,
+                     cfg.pbx.esl.host, cfg.pbx.esl.port)
+        else:
+            log.info("HTTP on %s:%s; attaching to AMI %s:%s as %s", cfg.http.host, self.http_port,
+                     cfg.pbx.ami.host, cfg.pbx.ami.port, cfg.pbx.ami.username)
         await pbx.start()
 
     async def stop(self) -> None:

