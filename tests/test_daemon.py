@@ -26,14 +26,14 @@ ROOT = Path(__file__).resolve().parents[1]
 SPEED = 20.0
 
 
-def _cfg() -> Config:
-    return Config.model_validate({"http": {"port": 0}})
+def _cfg(data_dir: Path) -> Config:
+    return Config.model_validate({"http": {"port": 0}, "data_dir": str(data_dir)})
 
 
-async def test_daemon_follows_the_demo_pbx_and_pushes_alerts() -> None:
+async def test_daemon_follows_the_demo_pbx_and_pushes_alerts(tmp_path: Path) -> None:
     pbx = DemoPbx(username="ringwatch", secret="demo-secret", speed=SPEED, loops=1)
     await pbx.start()
-    daemon = Daemon(_cfg(), TokenStore([("tok-sup", "sup", "supervisor")]), clock_scale=SPEED,
+    daemon = Daemon(_cfg(tmp_path), TokenStore([("tok-sup", "sup", "supervisor")]), clock_scale=SPEED,
                     host=pbx.host, port=pbx.port, secret="demo-secret")
     try:
         await daemon.start()
@@ -75,7 +75,8 @@ async def test_daemon_follows_the_demo_pbx_and_pushes_alerts() -> None:
 @pytest.mark.timeout(30)
 def test_ringwatch_demo_command_runs_and_stops_on_sigterm(tmp_path: Path) -> None:
     """The README's main job, as a process: it prints the URLs, serves /healthz, exits 0 on SIGTERM."""
-    env = {**os.environ, "RINGWATCH_HTTP_PORT": "0", "RINGWATCH_ADMIN_TOKEN": "e2e-token"}
+    env = {**os.environ, "RINGWATCH_HTTP_PORT": "0", "RINGWATCH_ADMIN_TOKEN": "e2e-token",
+           "RINGWATCH_DATA_DIR": str(tmp_path)}
     proc = subprocess.Popen([sys.executable, "-m", "monitor.cli", "demo", "--speed", "50"], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
