@@ -15,13 +15,17 @@ Protocol (JSON text frames):
   taken in the same step as the client is registered, so no change falls in
   between); then ``{"type": "alert" | "notice", "change": "opened" | "acked" |
   "resolved", "by", ...Alert.to_json()}``; replies ``{"type": "pong"}`` and
-  ``{"type": "error", "code", "message": {"zh", "en"}}``.
-* client -> server: ``{"type": "ack" | "resolve", "id": "A12"}`` (permission
+  ``{"type": "error", "code", "message": {"zh", "en"}}``; other frame types through
+  :meth:`WebSocketHub.publish`: ``{"type": "kpi", ...}`` (wallboard KPIs, coalesced, at most a few
+  per second) and ``{"type": "spy", "session": {...}}`` (listen / whisper / barge state).
+* client -> server: ``{"type": "subscribe", "topics": ["kpi", "spy"]}`` (then those frames
+  come too, the latest ``kpi`` at once), ``{"type": "ack" | "resolve", "id": "A12"}`` (permission
   ``alerts:ack``; the result reaches every client as an ``acked``/``resolved``
   change), ``{"type": "ping"}``.
 
 Authentication: ``Authorization: Bearer <token>`` on the upgrade request (a bad
-token is refused with HTTP 401 before the upgrade), or, for browsers, which
+token is refused with HTTP 401 before the upgrade), a logged-in browser's session
+cookie (same origin only), or, for browsers, which
 cannot set headers, a first frame ``{"type": "auth", "token": ...}`` within
 ``auth_timeout_s`` (otherwise closed with 4401).  Tokens are never accepted in
 the URL, where access logs and proxies would record them.  Alert frames go to
@@ -36,20 +40,33 @@ import itertools
 import json
 import logging
 import weakref
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from alerts.hub import AlertChange, AlertError, AlertHub
 from config.schema import HttpConfig
-from monitor.auth import Permission, Principal, TokenStore, bearer_token, json_error, unauthorized
+from monitor.auth import (
+    SESSION_COOKIE,
+    Permission,
+    Principal,
+    TokenStore,
+    bearer_token,
+    json_error,
+    same_origin,
+    unauthorized,
+)
 
 log = logging.getLogger(__name__)
 
 CLOSE_UNAUTHORIZED: Final = 4401
 CLOSE_TOO_SLOW: Final = int(WSCloseCode.TRY_AGAIN_LATER)  # 1013
 CLOSE_GOING_AWAY: Final = int(WSCloseCode.GOING_AWAY)  # 1001
+
+#: Frame types a client may subscribe to (``{"type": "subscribe", "topics": ["kpi"]}``).
+SUBSCRIBABLE: Final = frozenset({"kpi", "spy"})
 
 #: Most alerts sent in the hello snapshot (the newest are kept).
 SNAPSHOT_LIMIT: Final = 1000
@@ -82,6 +99,7 @@ class _Client:
     sender: asyncio.Task[None] | None = None
     closer: asyncio.Task[None] | None = None
     closing: bool = False
+    topics: set[str] = field(default_factory=set)  # frame types asked for with {"type": "subscribe"}
 
 
 class WebSocketHub:
@@ -104,6 +122,7 @@ class WebSocketHub:
         self._tasks: set[asyncio.Task[None]] = set()
         self._ids = itertools.count(1)
         self._closing = False
+        self._latest: dict[str, tuple[str, Callable[[Principal], bool]]] = {}  # publish(latest=True)
         self.sent = 0
         self.dropped = 0  # clients dropped for being too slow
         self.refused = 0  # connections refused for a missing/bad token
@@ -121,6 +140,22 @@ class WebSocketHub:
         for client in list(self._clients):
             if client.principal.can(perm):
                 self._enqueue(client, frame)
+
+    def publish(self, frame: dict[str, Any], allow: Callable[[Principal], bool], *, latest: bool = False) -> int:
+        """Put another kind of frame (``{"type": "kpi", ...}``, ``{"type": "spy", ...}``) into the queue of
+        every client that subscribed to its type and that ``allow`` accepts; never blocks.  Coalesce at
+        the source (at most a few per second): a client too slow for those is dropped like for alerts.
+        ``latest``: kept (one per type) and sent to a client when it subscribes.  Returns how many got it."""
+        text = _dumps(frame)
+        if latest:
+            self._latest[str(frame.get("type"))] = (text, allow)
+        sent = 0
+        kind = str(frame.get("type"))
+        for client in list(self._clients):
+            if kind in client.topics and allow(client.principal):
+                self._enqueue(client, text)
+                sent += 1
+        return sent
 
     def _enqueue(self, client: _Client, frame: str) -> None:
         if client.closing:
@@ -146,6 +181,13 @@ class WebSocketHub:
             if principal is None:
                 self.refused += 1
                 raise unauthorized(invalid=True)
+        elif self._tokens.sessions is not None and SESSION_COOKIE in request.cookies:
+            # a logged-in browser (monitor.ui): its session cookie, from our own origin only
+            session = self._tokens.sessions.get(request.cookies.get(SESSION_COOKIE))
+            if session is None or not same_origin(request):
+                self.refused += 1
+                raise unauthorized(invalid=True)
+            principal = session.principal
         ws = web.WebSocketResponse(timeout=self._close_timeout, heartbeat=self._heartbeat,
                                    max_msg_size=self._max_frame)
         await ws.prepare(request)
@@ -236,11 +278,25 @@ class WebSocketHub:
             self._enqueue(client, _dumps({"type": "pong"}))
         elif kind in ("ack", "resolve"):
             self._on_ack(client, kind, obj.get("id"))
+        elif kind == "subscribe":
+            self._on_subscribe(client, obj.get("topics"))
         elif kind == "auth":
             self._enqueue(client, _error("already_authenticated", "已认证", "already authenticated"))
         else:
             self._enqueue(client, _error("unknown_type", f"未知的帧类型:{kind[:40]}",
                                          f"unknown frame type: {kind[:40]}"))
+
+    def _on_subscribe(self, client: _Client, topics: object) -> None:
+        if not isinstance(topics, list) or not all(isinstance(t, str) for t in topics):
+            self._enqueue(client, _error("bad_request", "topics 应为字符串列表", '"topics" must be a list of strings'))
+            return
+        for topic in topics[:16]:
+            if topic in client.topics or topic not in SUBSCRIBABLE:
+                continue
+            client.topics.add(topic)
+            latest = self._latest.get(topic)
+            if latest is not None and latest[1](client.principal):
+                self._enqueue(client, latest[0])
 
     def _on_ack(self, client: _Client, kind: str, alert_id: object) -> None:
         if not client.principal.can("alerts:ack"):

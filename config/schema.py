@@ -12,7 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 DEFAULT_PATH = Path(__file__).with_name("default.yaml")
 
-Role = Literal["agent", "supervisor", "qa", "admin"]
+#: wallboard: read-only KPIs; pbx: the dialplan's pre-dial permission check only (OUT-HOURS / OUT-DNC)
+Role = Literal["agent", "supervisor", "qa", "admin", "wallboard", "pbx"]
 
 
 class ConfigError(Exception):
@@ -491,7 +492,7 @@ class ProbeConfig(_Strict):
     listen_s: float = Field(2, gt=0)  # after the answer: how long to listen for audio (RTP)
     min_rtp_packets: int = Field(10, ge=1)  # fewer than this in listen_s: "no audio"
     every_min: float = Field(0, ge=0)  # also probe this often (0: only the daily inspection's probe)
-    daily_margin_min: float = Field(10, ge=0)  # the daily inspection (with its probe) starts this long before inspection_at
+    daily_margin_min: float = Field(10, ge=0)  # the daily inspection (probe first) starts this long before the due time
 
     def password(self) -> str:
         """From the environment or a file (never from YAML); empty when none is configured."""
@@ -528,6 +529,187 @@ class LinesConfig(_Strict):
         return self
 
 
+class UserConfig(_Strict):
+    """A person who logs in to the web UI.  ``password_hash`` from ``python -m monitor.ui hash-password``
+    (scrypt; pbkdf2_sha256 accepted): never a plain password."""
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[\w.@-]+$")
+    role: Role
+    teams: list[str] = []  # supervisors see and spy on these teams only (ui.teams)
+    password_hash: str = Field(pattern=r"^(scrypt|pbkdf2_sha256)\$")
+    phone: str | None = None  # the user's own phone (PBX channel, e.g. PJSIP/8001): listen / whisper / barge ring it
+    display_name: str = ""
+
+
+class TeamConfig(_Strict):
+    """A team: its agents (queue member names) and its queues; a call belongs to the team of its agent or queue."""
+
+    agents: list[str] = []
+    queues: list[str] = []
+
+
+class KpiThreshold(_Strict):
+    """Amber from ``amber``, red from ``red``: lower is better when red > amber, higher is better otherwise."""
+
+    amber: float
+    red: float
+
+
+def _default_kpi() -> dict[str, KpiThreshold]:
+    t = KpiThreshold
+    return {
+        "calls_waiting": t(amber=3, red=6),
+        "longest_wait_s": t(amber=60, red=120),
+        "service_level": t(amber=0.8, red=0.7),
+        "asa_s": t(amber=15, red=30),
+        "abandon_rate": t(amber=0.05, red=0.10),
+        "in_answer_today": t(amber=1, red=5),
+        "out_hours_today": t(amber=1, red=1),
+        "transfers_over_limit": t(amber=1, red=3),
+        "callbacks_overdue": t(amber=1, red=3),
+    }
+
+
+class QaConfig(_Strict):
+    """QA-LIVE quotas, QA-SAMPLE / QA-SPECIAL sampling, QA-TIMELY."""
+
+    random_per_week: int = Field(2, ge=0)  # random silent monitorings (随机监听) per agent per week
+    onsite_per_week: int = Field(1, ge=0)  # on-site monitorings (现场监听, agent aware) per agent per week
+    inbound_ratio: float = Field(0.10, ge=0, le=1)
+    outbound_ratio: float = Field(0.05, ge=0, le=1)
+    special_ratio: float = Field(0.10, ge=0, le=1)  # complaint, repeat caller, long call, late answer
+    review_within_days: float = Field(2, gt=0)
+    seed: int = 20260101  # the same seed and the same calls give the same sample
+    sample_at: str = "00:30"  # local time: yesterday's calls are sampled then
+
+    @model_validator(mode="after")
+    def _check(self) -> QaConfig:
+        _hhmm(self.sample_at)
+        return self
+
+
+class UiConfig(_Strict):
+    """The web UI (wallboard, supervisor console, QA view): users, teams, KPI colours, QA."""
+
+    users: list[UserConfig] = []
+    teams: dict[str, TeamConfig] = {}
+    kpi: dict[str, KpiThreshold] = Field(default_factory=_default_kpi)
+    kpi_push_interval_s: float = Field(0.5, ge=0.1)  # KPI frames at most this often on the websocket
+    session_ttl_min: float = Field(720, gt=0)
+    cookie_secure: bool = True  # Secure session cookies (browsers keep them on http://localhost too)
+    qa: QaConfig = QaConfig()
+    spy_options: str = "qbES"  # ChanSpy options always given (quiet, bridged only, exit with the call)
+
+    @model_validator(mode="after")
+    def _check(self) -> UiConfig:
+        names = [u.name for u in self.users]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"user names must be unique: {', '.join(dup)}")
+        for u in self.users:
+            unknown = sorted(set(u.teams) - set(self.teams))
+            if unknown:
+                raise ValueError(f"user {u.name}: unknown team {unknown[0]} (define it under ui.teams)")
+        if not set(self.spy_options) <= set("bqESs"):
+            raise ValueError("spy_options: only b, q, E, S, s (the mode adds w or B)")
+        return self
+
+
+def _window(v: str) -> tuple[int, int]:
+    """``"HH:MM-HH:MM"`` -> (start, end) in minutes of the day; start before end."""
+    a, sep, b = v.partition("-")
+    if not sep:
+        raise ValueError(f"{v!r} is not HH:MM-HH:MM")
+    start, end = _hhmm(a.strip()), _hhmm(b.strip())
+    if start >= end:
+        raise ValueError(f"{v!r}: the start must be before the end")
+    return start, end
+
+
+class OutboundWindows(_Strict):
+    """OUT-HOURS calling windows per day type, each ``"HH:MM-HH:MM"`` (both ends included: a dial at
+    17:30:00 is inside 08:30-17:30, one at 17:30:01 is not); ``[]``: no calls on that day type.
+    A day type left out (null) keeps the window of the level above (campaign > queue > team > default)."""
+
+    workday: list[str] | None = None  # incl. make-up workdays (调休上班)
+    rest_day: list[str] | None = None
+    statutory_holiday: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> OutboundWindows:
+        for w in (self.workday or []) + (self.rest_day or []) + (self.statutory_holiday or []):
+            _window(w)
+        return self
+
+
+class OutboundScope(_Strict):
+    """Windows of one campaign, queue or team; a team also names its agents (queue member names)."""
+
+    windows: OutboundWindows = OutboundWindows()
+    agents: list[str] = []  # teams only
+
+
+class OutboundConfig(_Strict):
+    """OUT-HOURS and OUT-DNC: the Chinese calendar, calling windows, the do-not-call list, the pre-dial
+    permission check (monitor.outbound, monitor.dnc, monitor.outbound_api; docs/outbound.md)."""
+
+    enabled: bool = True
+    timezone: str | None = None  # the calling windows' time zone; null: the top-level timezone (Asia/Shanghai)
+    #: whole_break: every day off of an official holiday break is a holiday; statutory_only: only the statutory
+    #: days (and their days in lieu), the other days off of the break are rest days
+    holiday_policy: Literal["whole_break", "statutory_only"] = "whole_break"
+    calendar_overrides: list[Path] = []  # more override files over config/calendar_overrides.yaml (later win)
+    #: a day of a year whose official schedule is in neither the library nor the overrides: deny every dial
+    #: (reason calendar_missing), or estimate from the library's computed holidays (flagged)
+    missing_year: Literal["deny", "estimate"] = "deny"
+    calendar_warn_days: int = Field(45, ge=0)  # warn this long before a year without data begins
+    #: never before the first / from the second time (RULES.md: 08:00-20:00); may be narrowed, never widened
+    absolute: str = "08:00-20:00"
+    windows: OutboundWindows = OutboundWindows(workday=["08:30-17:30"], rest_day=["09:00-17:00"],
+                                               statutory_holiday=[])
+    campaigns: dict[str, OutboundScope] = {}
+    queues: dict[str, OutboundScope] = {}
+    teams: dict[str, OutboundScope] = {}  # also the team label of the outbound metrics (agents -> team)
+    dial_prefixes: list[str] = []  # digits dialled before the number that are not part of it (an outside-line 9)
+    dnc_cooling_days: int = Field(90, ge=1, le=3650)  # a DNC entry blocks through this many local days
+    on_expiry: Literal["expire", "review"] = "expire"  # after the cooling period: drop it, or keep it for review
+    dnc_unavailable: Literal["deny", "allow"] = "deny"  # permit answer while the DNC list cannot be read
+    dnc_max_stale_s: float = Field(300, gt=0)  # DNC copy not refreshed this long (Redis down): unavailable
+    pbx_fail: Literal["closed", "open"] = "closed"  # what the dialplan does when ringwatch does not answer
+    import_max_rows: int = Field(1_000_000, ge=1)
+    sweep_interval_s: float = Field(60, gt=0)  # expired / review-due entries are processed this often
+
+    @model_validator(mode="after")
+    def _check(self) -> OutboundConfig:
+        lo, hi = _window(self.absolute)
+        if lo < 8 * 60 or hi > 20 * 60:
+            raise ValueError("absolute must lie within 08:00-20:00 (RULES.md OUT-HOURS)")
+        w = self.windows
+        if w.workday is None or w.rest_day is None or w.statutory_holiday is None:
+            raise ValueError("windows must give workday, rest_day and statutory_holiday ([] for none)")
+        scopes = [("windows", w)] + [(f"{kind}.{name}.windows", s.windows) for kind, group in
+                                     (("campaigns", self.campaigns), ("queues", self.queues), ("teams", self.teams))
+                                     for name, s in group.items()]
+        for where, ws in scopes:
+            if ws.statutory_holiday:
+                raise ValueError(f"{where}.statutory_holiday: no calls on statutory holidays (RULES.md OUT-HOURS); "
+                                 "use holiday_policy: statutory_only to call on the other days of a break")
+            for v in (ws.workday or []) + (ws.rest_day or []):
+                s, e = _window(v)
+                if s < lo or e > hi:
+                    raise ValueError(f"{where}: {v} is outside the absolute bounds {self.absolute}")
+        seen: dict[str, str] = {}
+        for team, scope in self.teams.items():
+            for agent in scope.agents:
+                if agent in seen:
+                    raise ValueError(f"teams: agent {agent!r} is in both {seen[agent]} and {team}")
+                seen[agent] = team
+        for p in self.dial_prefixes:
+            if not p.isdigit():
+                raise ValueError(f"dial_prefixes: {p!r} is not digits")
+        return self
+
+
 class Config(_Strict):
     timezone: str = "Asia/Shanghai"
     pbx: PbxConfig = PbxConfig()
@@ -541,6 +723,8 @@ class Config(_Strict):
     redis: RedisConfig = RedisConfig()
     commitments: CommitmentsConfig = CommitmentsConfig()
     lines: LinesConfig = LinesConfig()  # SYS-LINES (monitor.lines, monitor.inspection, monitor.probe)
+    ui: UiConfig = UiConfig()  # web UI: users, teams, wallboard KPI colours, QA (monitor.ui, monitor.qa)
+    outbound: OutboundConfig = OutboundConfig()  # OUT-HOURS, OUT-DNC (monitor.outbound, docs/outbound.md)
     data_dir: Path = Path("./ringwatch-data")
 
 

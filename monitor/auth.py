@@ -18,18 +18,24 @@ permission.
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import binascii
+import functools
 import hashlib
 import hmac
 import json
 import logging
 import os
-from collections.abc import Iterable, Mapping
+import secrets
+import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Final, Literal
 
 from aiohttp import web
 
-from config.schema import AuthConfig, Role
+from config.schema import AuthConfig, Role, UserConfig
 
 log = logging.getLogger(__name__)
 
@@ -44,22 +50,42 @@ Permission = Literal[
     "commitments:read",  # commitments (callbacks, complaint closing, ...) and the complaints report
     "commitments:write",  # create / fulfil / annotate commitments (agents, supervisors; not QA)
     "commitments:cancel",  # cancel a commitment (supervisor, admin)
+    "kpi:read",  # wallboard KPIs (every role, the read-only wallboard role too)
+    "calls:spy",  # listen / whisper / barge into a team's calls (supervisor, admin)
+    "qa:read",  # QA quotas, samples, scorecards
+    "qa:review",  # score a sampled call, run a sample
+    "audit:read",  # the audit stream (admin)
+    "outbound:read",  # OUT-HOURS status now, outbound violations today (every role)
+    "outbound:permit",  # the pre-dial permission check (the PBX's token: role pbx; agents' desktops)
+    "dnc:read",  # look up / list the do-not-call list
+    "dnc:write",  # put a number on the do-not-call list (agents, supervisors)
+    "dnc:manage",  # take a number off it, CSV import / export (supervisor, admin)
     "admin:*",  # everything
 ]
 
 ADMIN_TOKEN_ENV: Final = "RINGWATCH_ADMIN_TOKEN"
 ADMIN_TOKEN_NAME: Final = "admin-env"
 
-_BASE: frozenset[Permission] = frozenset({"metrics:read", "agents:read", "notices:read", "commitments:read"})
+_BASE: frozenset[Permission] = frozenset({"metrics:read", "agents:read", "notices:read", "commitments:read",
+                                          "kpi:read"})
 _AGENT: frozenset[Permission] = _BASE | {"calls:dispose", "commitments:write"}  # agents log their calls' outcomes
-_QA: frozenset[Permission] = _BASE | {"alerts:read", "calls:read"}  # QA reviews, does not log outcomes
-_SUPERVISOR: frozenset[Permission] = _QA | {"alerts:ack", "calls:dispose", "commitments:write", "commitments:cancel"}
+_QA: frozenset[Permission] = _BASE | {"alerts:read", "calls:read", "qa:read", "qa:review"}  # QA reviews, logs nothing
+_SUPERVISOR: frozenset[Permission] = _QA | {"alerts:ack", "calls:dispose", "commitments:write", "commitments:cancel",
+                                            "calls:spy"}
+_WALLBOARD: frozenset[Permission] = frozenset({"kpi:read", "agents:read", "metrics:read"})  # a TV: read-only
+
+#: OUT-HOURS / OUT-DNC (monitor.outbound_api), added to the roles' sets below
+_OUT_READ: frozenset[Permission] = frozenset({"outbound:read", "dnc:read"})
+_OUT_AGENT: frozenset[Permission] = _OUT_READ | {"outbound:permit", "dnc:write"}
+_OUT_SUPERVISOR: frozenset[Permission] = _OUT_AGENT | {"dnc:manage"}
 
 ROLE_PERMISSIONS: Final[Mapping[Role, frozenset[Permission]]] = {
-    "agent": _AGENT,
-    "qa": _QA,
-    "supervisor": _SUPERVISOR,
-    "admin": _SUPERVISOR | {"admin:*"},
+    "agent": _AGENT | _OUT_AGENT,
+    "qa": _QA | _OUT_READ,
+    "supervisor": _SUPERVISOR | _OUT_SUPERVISOR,
+    "admin": _SUPERVISOR | _OUT_SUPERVISOR | {"admin:*", "audit:read"},
+    "wallboard": _WALLBOARD | {"outbound:read"},
+    "pbx": frozenset({"outbound:permit"}),  # the dialplan's token: the pre-dial check and nothing else
 }
 
 
@@ -74,6 +100,10 @@ class Principal:
 
     name: str
     role: Role
+    #: the teams this principal may see and spy on; None: every team (tokens, admins, QA)
+    teams: frozenset[str] | None = None
+    phone: str | None = None  # a logged-in user's own phone (ChanSpy rings it)
+    via: Literal["token", "session"] = "token"
 
     def can(self, permission: Permission) -> bool:
         return role_allows(self.role, permission)
@@ -93,6 +123,8 @@ class TokenStore:
     def __init__(self, entries: Iterable[tuple[str, str, Role]] = ()) -> None:
         """``entries``: (token, name, role) triples; empty tokens are ignored."""
         self._entries: list[tuple[bytes, Principal]] = []
+        #: browser sessions (``monitor.ui`` sets this); None: bearer tokens only
+        self.sessions: SessionStore | None = None
         seen: set[bytes] = set()
         for token, name, role in entries:
             if not token:
@@ -180,8 +212,14 @@ def forbidden(permission: Permission) -> web.HTTPException:
 
 
 def authenticate_request(request: web.Request, tokens: TokenStore) -> Principal:
-    """The request's principal; raises 401 (with ``WWW-Authenticate``) when the token is missing or unknown."""
+    """The request's principal; raises 401 (with ``WWW-Authenticate``) when the token is missing or unknown.
+
+    Without an ``Authorization`` header, a browser's session cookie (``monitor.ui`` login) is
+    accepted when ``tokens.sessions`` is set; a state-changing request on a session must carry
+    the session's CSRF token in ``X-CSRF-Token`` (403 otherwise)."""
     header = request.headers.get("Authorization")
+    if header is None and tokens.sessions is not None and SESSION_COOKIE in request.cookies:
+        return tokens.sessions.authenticate_request(request)
     token = bearer_token(header)
     if token is None:
         raise unauthorized(invalid=header is not None)
@@ -197,3 +235,153 @@ def authorize(request: web.Request, tokens: TokenStore, permission: Permission) 
     if not principal.can(permission):
         raise forbidden(permission)
     return principal
+
+
+# -- people: passwords, sessions, CSRF (the web UI) ------------------------------------------
+
+#: The session cookie: Secure (per ``ui.cookie_secure``), HttpOnly, SameSite=Strict, Path=/.
+SESSION_COOKIE: Final = "rw_session"
+CSRF_HEADER: Final = "X-CSRF-Token"
+SAFE_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
+
+_SCRYPT_N, _SCRYPT_R, _SCRYPT_P = 2**14, 8, 1
+
+
+def hash_password(password: str, *, salt: bytes | None = None, n: int = _SCRYPT_N) -> str:
+    """``scrypt$N$r$p$salt$hash`` (base64), for ``ui.users[].password_hash``."""
+    salt = salt if salt is not None else secrets.token_bytes(16)
+    digest = hashlib.scrypt(password.encode("utf-8"), salt=salt, n=n, r=_SCRYPT_R, p=_SCRYPT_P, dklen=32)
+    return f"scrypt${n}${_SCRYPT_R}${_SCRYPT_P}${_b64(salt)}${_b64(digest)}"
+
+
+def verify_password(password: str, stored: str) -> bool:
+    """Check ``password`` against a ``scrypt$...`` or ``pbkdf2_sha256$iterations$salt$hash`` string."""
+    try:
+        parts = stored.split("$")
+        if parts[0] == "scrypt" and len(parts) == 6:
+            n, r, p = int(parts[1]), int(parts[2]), int(parts[3])
+            salt, want = _unb64(parts[4]), _unb64(parts[5])
+            got = hashlib.scrypt(password.encode("utf-8"), salt=salt, n=n, r=r, p=p, dklen=len(want),
+                                 maxmem=256 * 1024 * 1024)
+        elif parts[0] == "pbkdf2_sha256" and len(parts) == 4:
+            salt, want = _unb64(parts[2]), _unb64(parts[3])
+            got = hashlib.pbkdf2_hmac("sha256", password.encode("utf-8"), salt, int(parts[1]), len(want))
+        else:
+            return False
+    except (ValueError, binascii.Error):
+        return False
+    return hmac.compare_digest(got, want)
+
+
+def _b64(b: bytes) -> str:
+    return base64.b64encode(b).decode("ascii").rstrip("=")
+
+
+def _unb64(s: str) -> bytes:
+    return base64.b64decode(s + "=" * (-len(s) % 4), validate=True)
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """What an unknown user's password is checked against (same cost as a real one)."""
+    return hash_password(secrets.token_urlsafe(16))
+
+
+class UserDirectory:
+    """The users of ``ui.users``: name -> (password hash, principal).  A login verifies in a worker
+    thread (scrypt costs ~50 ms of CPU); an unknown name costs the same as a wrong password."""
+
+    def __init__(self, users: Iterable[UserConfig]) -> None:
+        self._users: dict[str, tuple[str, Principal]] = {}
+        for u in users:
+            teams = frozenset(u.teams) if u.role in ("supervisor", "agent") else None
+            self._users[u.name] = (u.password_hash, Principal(u.name, u.role, teams, u.phone, "session"))
+
+    def __len__(self) -> int:
+        return len(self._users)
+
+    def principal(self, name: str) -> Principal | None:
+        entry = self._users.get(name)
+        return entry[1] if entry else None
+
+    async def verify(self, name: str, password: str) -> Principal | None:
+        entry = self._users.get(name)
+        stored = entry[0] if entry is not None else _dummy_hash()
+        ok = await asyncio.to_thread(verify_password, password, stored)
+        return entry[1] if ok and entry is not None else None
+
+
+@dataclass(slots=True)
+class Session:
+    principal: Principal
+    csrf: str
+    expires: float
+
+
+class SessionStore:
+    """Browser sessions in memory (a restart logs everyone out).  Only SHA-256 digests of session ids
+    are kept; ``now`` is Unix time (injectable)."""
+
+    def __init__(self, ttl_s: float, now: Callable[[], float] = time.time, limit: int = 10_000) -> None:
+        self.ttl_s = ttl_s
+        self._now = now
+        self._limit = limit
+        self._sessions: dict[bytes, Session] = {}
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def create(self, principal: Principal) -> tuple[str, Session]:
+        """A new session id (for the cookie) and its session (with the CSRF token)."""
+        self._expire()
+        while len(self._sessions) >= self._limit:  # the oldest go first
+            del self._sessions[next(iter(self._sessions))]
+        sid = secrets.token_urlsafe(32)
+        session = Session(principal, secrets.token_urlsafe(24), self._now() + self.ttl_s)
+        self._sessions[_digest(sid)] = session
+        return sid, session
+
+    def get(self, sid: str | None) -> Session | None:
+        if not sid:
+            return None
+        key = _digest(sid)
+        session = self._sessions.get(key)
+        if session is not None and session.expires <= self._now():
+            del self._sessions[key]
+            return None
+        return session
+
+    def delete(self, sid: str | None) -> bool:
+        return bool(sid) and self._sessions.pop(_digest(sid or ""), None) is not None
+
+    def _expire(self) -> None:
+        now = self._now()
+        for key in [k for k, s in self._sessions.items() if s.expires <= now]:
+            del self._sessions[key]
+
+    def authenticate_request(self, request: web.Request) -> Principal:
+        """The session's principal; 401 for an unknown/expired session, 403 for a state-changing
+        request without the session's CSRF token (or from another origin)."""
+        session = self.get(request.cookies.get(SESSION_COOKIE))
+        if session is None:
+            raise json_error(web.HTTPUnauthorized, "unauthorized", "会话已失效,请重新登录",
+                             "session expired: log in again", {"WWW-Authenticate": WWW_AUTHENTICATE})
+        if request.method not in SAFE_METHODS:
+            check_csrf(request, session)
+        return session.principal
+
+
+def same_origin(request: web.Request) -> bool:
+    """False when the request says it comes from another origin (``Origin`` header)."""
+    origin = request.headers.get("Origin")
+    if origin is None or origin == "null":
+        return origin is None
+    return origin.split("://", 1)[-1] == request.host
+
+
+def check_csrf(request: web.Request, session: Session) -> None:
+    """403 unless ``X-CSRF-Token`` equals the session's token and the origin is ours."""
+    presented = request.headers.get(CSRF_HEADER, "")
+    if not same_origin(request) or not hmac.compare_digest(presented.encode(), session.csrf.encode()):
+        raise json_error(web.HTTPForbidden, "csrf", "缺少或错误的 CSRF 令牌(X-CSRF-Token)",
+                         "missing or wrong CSRF token (X-CSRF-Token)")

@@ -37,13 +37,25 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         print("--speed must be 0 (virtual clock) or > 0", file=sys.stderr)
         return 2
     out = JsonLinesOutput(sys.stdout) if args.json else SummaryOutput(sys.stdout)
+    start_at: float | None = None
+    if args.start_at:
+        from zoneinfo import ZoneInfo
+
+        from monitor.dnc import parse_time
+
+        try:  # ISO 8601 (no offset: the outbound time zone) or Unix seconds
+            start_at = parse_time(args.start_at, ZoneInfo(cfg.outbound.timezone or cfg.timezone))
+        except ValueError:
+            print(f"--start-at {args.start_at!r}: expected ISO 8601 (2026-03-02T08:29:58+08:00) or Unix seconds",
+                  file=sys.stderr)
+            return 2
     try:
         if args.speed == 0:
-            replay_virtual(Path(args.trace), cfg, out)
+            replay_virtual(Path(args.trace), cfg, out, wall_origin=start_at or 0.0)
         else:
             from monitor.replay import replay_tcp
 
-            asyncio.run(replay_tcp(Path(args.trace), cfg, out, args.speed))
+            asyncio.run(replay_tcp(Path(args.trace), cfg, out, args.speed, wall_origin=start_at))
     except TraceError as e:
         print(f"ringwatch replay: {e}", file=sys.stderr)
         return 2
@@ -97,6 +109,22 @@ def _cmd_report_complaints(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_calendar(args: argparse.Namespace) -> int:
+    """The Chinese calendar of a year as ringwatch sees it (library + overrides): check it against the notice."""
+    from monitor.outbound import OutboundPolicy
+    from monitor.workcal import CalendarDataError
+
+    cfg = load_config(args.config)
+    try:
+        cal = OutboundPolicy(cfg).calendar
+    except CalendarDataError as e:
+        print(f"ringwatch calendar: {e}", file=sys.stderr)
+        return 2
+    for year in args.year:
+        print("\n".join(cal.describe_year(year)))
+    return 0 if all(cal.known(y) for y in args.year) else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ringwatch", description="Real-time contact-centre call monitoring (实时话务监控)")
     p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
@@ -112,14 +140,22 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--speed", type=float, default=0.0,
                     help="0: virtual clock, as fast as possible (default); S>0: over loopback TCP at S x recorded pace")
     rp.add_argument("--json", action="store_true", help="one JSON object per line on stdout")
+    rp.add_argument("--start-at", metavar="ISO-8601", help="the wall-clock time of the trace's t = 0 (no offset: "
+                    "the outbound time zone); without it the trace has no time of day and OUT-HOURS is not judged")
     rp.add_argument("--config", help="YAML file over the defaults")
     rp.set_defaults(fn=_cmd_replay)
+
+    cal = sub.add_parser("calendar", help="the holiday breaks and make-up workdays of a year (OUT-HOURS): "
+                         "exit 1 when a year has no official data")
+    cal.add_argument("year", type=int, nargs="+")
+    cal.add_argument("--config", help="YAML file over the defaults (outbound.calendar_overrides, holiday_policy)")
+    cal.set_defaults(fn=_cmd_calendar)
 
     cc = sub.add_parser("check-config", help="validate a configuration file")
     cc.add_argument("file")
     cc.set_defaults(fn=_cmd_check_config)
 
-    demo = sub.add_parser("demo", help="replay the bundled recordings over real AMI in a loop, daemon and HTTP up")
+    demo = sub.add_parser("demo", help="a simulated call centre over real AMI (or --recordings), daemon and HTTP up")
     demo.add_argument("--config", help="YAML file over the defaults")
     demo.add_argument("--speed", type=float, default=1.0)
     demo.add_argument("--loops", type=int, default=0, help="with --recordings: 0 = forever")

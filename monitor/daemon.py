@@ -15,9 +15,12 @@ from prometheus_client import CollectorRegistry
 from alerts.hub import AlertHub
 from config.schema import Config
 from monitor.auth import TokenStore
-from monitor.clock import LoopClock
+from monitor.clock import Clock, LoopClock
 from monitor.commitments_api import CommitmentsRuntime
 from monitor.engine import Monitor
+from monitor.inspection import LinesRuntime
+from monitor.outbound_api import OutboundRuntime
+from monitor.ui import UI
 from monitor.web import AccessLogger, build_app
 from telephony.ami.adapter import AsteriskAdapter, channel_rules
 from telephony.esl.adapter import FreeSwitchAdapter, esl_channel_rules
@@ -31,13 +34,14 @@ class Daemon:
     ``stop()`` ends everything in reverse order."""
 
     def __init__(self, cfg: Config, tokens: TokenStore | None = None, clock_scale: float = 1.0,
-                 **ami_overrides: Any) -> None:
+                 clock: Clock | None = None, **ami_overrides: Any) -> None:
         """``clock_scale`` > 1 only for a PBX that plays faster than real time (the demo at speed S)."""
         self.cfg = cfg
         self.clock_scale = clock_scale
         self.tokens = tokens if tokens is not None else TokenStore.from_config(cfg.auth)
         self._ami_overrides = ami_overrides
-        self.clock: LoopClock | None = None
+        self.clock: Clock | None = None
+        self._given_clock = clock  # tests: a VirtualClock the test moves (None: the loop's clock)
         self.hub: AlertHub | None = None
         self.monitor: Monitor | None = None
         self.pbx: AsteriskAdapter | FreeSwitchAdapter | None = None
@@ -45,18 +49,22 @@ class Daemon:
         self._runner: web.AppRunner | None = None
         self.http_port: int | None = None
         self.commitments: CommitmentsRuntime | None = None  # Redis (embedded or redis.url), store, service
+        self.lines: LinesRuntime | None = None  # SYS-LINES: line monitor, inspection scheduler, probe worker
+        self.outbound: OutboundRuntime | None = None  # OUT-HOURS / OUT-DNC: DNC list, permit check, status
 
     async def start(self) -> None:
         cfg = self.cfg
-        self.clock = clock = LoopClock(scale=self.clock_scale)
+        self.clock = clock = self._given_clock or LoopClock(scale=self.clock_scale)
         self.hub = hub = AlertHub(clock.now, cfg.alerts.history_limit)
         self.monitor = monitor = Monitor(cfg, clock, hub)
+        self.lines = LinesRuntime(cfg, clock, hub, monitor, self.registry) if cfg.lines.enabled else None
         pbx: AsteriskAdapter | FreeSwitchAdapter
         if cfg.pbx.kind == "freeswitch":  # the overrides (host, port, password, ...) go to the ESL client
             pbx = FreeSwitchAdapter(cfg.pbx.esl, monitor.handle, clock.now, esl_channel_rules(cfg),
                                     **self._ami_overrides)
         else:
-            pbx = AsteriskAdapter(cfg.pbx.ami, monitor.handle, clock.now, channel_rules(cfg), **self._ami_overrides)
+            pbx = AsteriskAdapter(cfg.pbx.ami, monitor.handle, clock.now, channel_rules(cfg),
+                                  lines=self.lines.tracker if self.lines is not None else None, **self._ami_overrides)
         self.pbx = pbx
         if len(self.tokens) == 0:
             log.warning("no API token is configured (auth.tokens, RINGWATCH_ADMIN_TOKEN): every endpoint "
@@ -65,6 +73,18 @@ class Daemon:
         if cfg.commitments.enabled:
             self.commitments = CommitmentsRuntime(cfg, clock, hub, monitor, self.registry)
             await self.commitments.start(app)  # never fails for Redis: the API answers 503 until it is back
+        ui = app[UI]  # the web UI: audit trail in the commitments' Redis; listen/whisper/barge through the PBX
+        if self.commitments is not None and self.commitments.store is not None:
+            ui.use_redis(self.commitments.store.client, cfg.commitments.key_prefix)
+        if isinstance(pbx, AsteriskAdapter):
+            ui.set_originate(pbx.spy)
+        if cfg.outbound.enabled:  # the DNC list in the commitments' Redis when there is one (else its own)
+            self.outbound = OutboundRuntime(cfg, clock, monitor, self.registry)
+            await self.outbound.start(app, self.commitments.store.client
+                                      if self.commitments is not None and self.commitments.store is not None else None)
+        if self.lines is not None:  # inspection reports in the same Redis as the commitments, when there is one
+            embedded = self.commitments.embedded if self.commitments is not None else None
+            await self.lines.start(app, cfg.redis.url or (embedded.url if embedded is not None else None))
         self._runner = runner = web.AppRunner(app, access_log_class=AccessLogger, handle_signals=False)
         await runner.setup()
         site = web.TCPSite(runner, cfg.http.host, cfg.http.port)
@@ -86,6 +106,12 @@ class Daemon:
         if self._runner is not None:
             await self._runner.cleanup()  # closes websockets (1001), drains webhooks
             self._runner = None
+        if self.lines is not None:
+            await self.lines.stop()  # scheduler and a running probe (its worker is killed), then the report store
+            self.lines = None
+        if self.outbound is not None:
+            await self.outbound.stop()  # DNC sync and sweep, before the Redis client they use goes
+            self.outbound = None
         if self.commitments is not None:
             await self.commitments.stop()  # scheduler and pending worker, then the store, then the embedded Redis
             self.commitments = None

@@ -19,6 +19,7 @@ from alerts.model import Alert, Severity
 from config.schema import Config
 from monitor.calls import Call, Ring, Transfer
 from monitor.clock import Clock, Timer
+from monitor.outbound import OutboundCompliance
 from monitor.privacy import mask_name, mask_number
 from monitor.rules import InAnswer, InHangup, InSimple, InWait, InXfer, OutWrapup, Rule, SysRec
 from telephony.events import (
@@ -103,6 +104,8 @@ class Monitor:
             self.rules.append(InSimple(cfg.rules.in_simple))
         if cfg.rules.sys_rec.enabled:
             self.rules.append(SysRec(cfg.rules.sys_rec))
+        if cfg.outbound.enabled:  # OUT-HOURS / OUT-DNC on every outbound dial (monitor.outbound)
+            self.rules.append(OutboundCompliance(cfg, clock))
         #: ended calls, oldest first, kept for late dispositions and the API (bounded)
         self.ended: OrderedDict[str, Call] = OrderedDict()
         self._last_seen: OrderedDict[str, float] = OrderedDict()  # caller number -> last offered (wall s)
@@ -263,7 +266,8 @@ class Monitor:
         if isinstance(ev, ResyncDone):
             self.link.resyncs += 1
             return
-        call = self.calls.get(ev.call_id)
+        call_id = getattr(ev, "call_id", None)
+        call = self.calls.get(call_id) if isinstance(call_id, str) else None
         if call is None:
             return
         if isinstance(ev, QueueJoined):
@@ -277,6 +281,7 @@ class Monitor:
             call.rings.append(ring)
             call.live_rings[ev.leg_id] = ring
             self._agent(ev.agent).current_call = call.id
+            self._set_state(ev.agent, "ringing", ev.at)
         elif isinstance(ev, AgentRingEnded):
             ended = call.live_rings.pop(ev.leg_id, None)
             if ended is not None:
@@ -285,6 +290,7 @@ class Monitor:
                 agent = self.agents.get(ev.agent)
                 if agent is not None and agent.current_call == call.id:
                     agent.current_call = None
+                    self._set_state(ev.agent, "available", ev.at)
         elif isinstance(ev, CallAnswered):
             if call.answered_at is None:
                 call.answered_at = ev.at
@@ -302,6 +308,7 @@ class Monitor:
             call.queued_since = None
             call.talking_agent = ev.agent
             self._agent(ev.agent).current_call = call.id
+            self._set_state(ev.agent, "talking", ev.at)
         elif isinstance(ev, CallAbandoned):
             call.abandoned = True
             call.queued_since = None
@@ -318,6 +325,7 @@ class Monitor:
             call.talking_agent = ev.agent
             call.queued_since = None
             self._agent(ev.agent).current_call = call.id
+            self._set_state(ev.agent, "talking", ev.at)
         elif isinstance(ev, TransferEnded):
             t = call.open_transfer
             if t is not None:
@@ -343,6 +351,7 @@ class Monitor:
             a = self.agents.get(name)
             if a is not None and a.current_call == call_id:
                 a.current_call = None
+                self._set_state(name, "available", call.ended_at or self.clock.now())
         self.ended_records += 1
         self._keep_ended(call)
         record = call.to_record(self.shown(call.caller))
@@ -351,6 +360,17 @@ class Monitor:
                 listener(call, record)
             except Exception:
                 log.exception("record listener failed")
+
+    def _set_state(self, name: str, state: str, at: float) -> None:
+        """Agent state from the calls themselves: Local queue members report "in use" while merely
+        ringing and send nothing at the answer, so QueueMemberStatus alone cannot say ringing vs
+        talking.  A paused agent stays paused; the PBX's own status events still win when they come."""
+        info = self._agent(name)
+        if info.paused or info.state == state:
+            return
+        if state == "available" and info.state == "offline":
+            return
+        info.state, info.since = state, at
 
     def _keep_ended(self, call: Call) -> None:
         ended = self.ended

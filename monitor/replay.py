@@ -1,5 +1,8 @@
 """``ringwatch replay``: play a recorded trace through the real codec, tracker and rules.
 
+AMI traces (first line a ``banner``/``msg``) go through ``telephony.ami``; ESL traces
+(first line a FreeSWITCH frame, ``headers``) through ``telephony.esl``, at both speeds.
+
 ``speed == 0``: a virtual clock follows the trace's timestamps, as fast as the
 CPU allows; deterministic.  ``speed > 0``: the trace is served over a loopback
 TCP AMI server at recorded pace (divided by ``speed``) and the real client
@@ -22,6 +25,15 @@ from monitor.calls import Call
 from monitor.clock import Clock, LoopClock, Timer, VirtualClock
 from monitor.engine import Monitor
 from telephony.ami.adapter import channel_rules, replay_trace, replay_trace_tcp
+from telephony.ami.trace import TraceError
+from telephony.esl.adapter import (
+    EslTraceError,
+    esl_channel_rules,
+    is_esl_trace,
+    load_esl_trace,
+    replay_esl_trace,
+    replay_esl_trace_tcp,
+)
 
 Output = Callable[[dict[str, Any]], None]
 
@@ -63,17 +75,26 @@ def attach_output(monitor: Monitor, hub: AlertHub, out: Output) -> None:
 
 
 def replay_virtual(path: str | Path, cfg: Config, out: Output,
-                   setup: Callable[[Monitor], None] | None = None) -> Monitor:
+                   setup: Callable[[Monitor], None] | None = None, *, wall_origin: float = 0.0) -> Monitor:
     """Replay at speed 0 on a virtual clock; returns the monitor (for inspection).
 
     ``setup`` is called with the monitor before the first event (to attach
-    metrics or other observers)."""
-    clock = VirtualClock()
+    metrics or other observers).  ``wall_origin``: the Unix time of the trace's t = 0
+    (``--start-at``); the default, the Unix epoch, means "no wall-clock time" (OUT-HOURS is
+    not judged)."""
+    clock = VirtualClock(wall_origin=wall_origin)
     hub = AlertHub(clock.now, cfg.alerts.history_limit)
     monitor = Monitor(cfg, clock, hub)
     attach_output(monitor, hub, out)
     if setup is not None:
         setup(monitor)
+    if is_esl_trace(path):  # a FreeSWITCH (ESL) recording: its first line is a frame, not an AMI banner
+        try:
+            replay_esl_trace(path, clock.advance_to, monitor.handle, cfg.pbx.esl.max_frame_bytes,
+                             esl_channel_rules(cfg))
+        except EslTraceError as e:
+            raise TraceError(str(e)) from e
+        return monitor
     replay_trace(path, clock.advance_to, monitor.handle, cfg.pbx.ami.max_message_bytes, channel_rules(cfg))
     return monitor
 
@@ -107,16 +128,21 @@ class _OwnedTimers:
     """A clock adapter that remembers its armed timers, so a replay can cancel them all
     when it ends (nothing may fire into ``out`` after :func:`replay_tcp` returns)."""
 
-    def __init__(self, clock: Clock) -> None:
+    def __init__(self, clock: Clock, wall_origin: float | None = None) -> None:
         self._clock = clock
+        self._wall_origin = wall_origin  # --start-at: the wall time of clock 0 (trace t = 0)
         self._armed: dict[int, Timer] = {}
         self._seq = 0
+
+    def rebase(self, clock: Clock) -> None:
+        """Use ``clock`` from now on (before anything is armed: a replay's clock 0 moves to now)."""
+        self._clock = clock
 
     def now(self) -> float:
         return self._clock.now()
 
     def wall(self, t: float) -> float:
-        return self._clock.wall(t)
+        return self._clock.wall(t) if self._wall_origin is None else self._wall_origin + t
 
     def call_at(self, when: float, callback: Callable[[], None]) -> Timer:
         self._seq += 1
@@ -136,7 +162,8 @@ class _OwnedTimers:
             timer.cancel()
 
 
-async def replay_tcp(path: str | Path, cfg: Config, out: Output, speed: float) -> Monitor:
+async def replay_tcp(path: str | Path, cfg: Config, out: Output, speed: float,
+                     wall_origin: float | None = None) -> Monitor:
     """Replay at ``speed`` > 0 through the real network path; returns the monitor.
 
     The trace is served by a loopback AMI server at recorded pace / ``speed`` and
@@ -149,15 +176,28 @@ async def replay_tcp(path: str | Path, cfg: Config, out: Output, speed: float) -
     """
     if speed <= 0:
         raise ValueError("replay_tcp needs speed > 0 (speed 0 is replay_virtual)")
+    esl_items = None
+    if is_esl_trace(path):  # read first: ESL recordings start within milliseconds of t = 0
+        try:
+            esl_items = load_esl_trace(path)
+        except EslTraceError as e:
+            raise TraceError(str(e)) from e
     loop = asyncio.get_running_loop()
-    base = LoopClock(loop, scale=speed)
-    origin = loop.time() - base.now() / speed  # the loop time of clock 0 == trace t = 0
-    clock = _OwnedTimers(base)
+    clock = _OwnedTimers(LoopClock(loop, scale=speed), wall_origin)
     hub = AlertHub(clock.now, cfg.alerts.history_limit)
     monitor = Monitor(cfg, clock, hub)
     attach_output(monitor, hub, out)
+    # clock 0 == trace t = 0 == now: building the monitor (the first one loads calendars, ~0.4 s)
+    # must not eat into the trace's first seconds
+    base = LoopClock(loop, scale=speed)
+    clock.rebase(base)
+    origin = loop.time() - base.now() / speed  # the loop time of clock 0 == trace t = 0
     try:
-        await replay_trace_tcp(path, speed, monitor.handle, clock.now, origin, cfg.pbx.ami, channel_rules(cfg))
+        if esl_items is not None:  # served by a loopback ESL server, read by the real ESL client
+            await replay_esl_trace_tcp(esl_items, speed, monitor.handle, clock.now, origin, cfg.pbx.esl,
+                                       esl_channel_rules(cfg))
+        else:
+            await replay_trace_tcp(path, speed, monitor.handle, clock.now, origin, cfg.pbx.ami, channel_rules(cfg))
     finally:
         clock.cancel_all()
     return monitor

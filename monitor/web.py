@@ -42,7 +42,9 @@ from alerts.ws import WebSocketHub
 from config.schema import Config
 from monitor.auth import TokenStore, authorize, json_error
 from monitor.engine import DispositionError, Monitor
+from monitor.lines_api import add_lines_routes
 from monitor.metrics import LinkStats, Metrics
+from monitor.spy import agent_teams, in_scope
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +139,10 @@ def build_app(monitor: Monitor, hub: AlertHub, cfg: Config, registry: CollectorR
     app.router.add_get("/api/v1/calls/{id}", get_call)
     app.router.add_post("/api/v1/calls/{id}/disposition", post_disposition)
     app.router.add_get("/api/v1/agents", list_agents)
+    add_lines_routes(app, tokens)  # SYS-LINES: /api/v1/lines, /api/v1/inspections (monitor.lines_api)
+    from monitor.ui import add_ui  # the web UI, its login/spy/QA/audit/KPI API and /api/v1/openapi.json
+
+    add_ui(app)
     return app
 
 
@@ -286,19 +292,23 @@ async def resolve_alert(request: web.Request) -> web.Response:
 
 async def list_calls(request: web.Request) -> web.Response:
     app = request.app
-    authorize(request, app[TOKENS], "calls:read")
+    principal = authorize(request, app[TOKENS], "calls:read")
     monitor = app[MONITOR]
     calls = monitor.live_calls()
+    if principal.teams is not None:  # a supervisor's session: their teams only
+        calls = [c for c in calls if in_scope(principal, app[CONFIG].ui, c["queue"], c["agent"])
+                 or any(in_scope(principal, app[CONFIG].ui, None, r["agent"]) for r in c["ringing"])]
     return _json({"calls": calls, "count": len(calls), "now": round(monitor.clock.now(), 3)})
 
 
 async def list_agents(request: web.Request) -> web.Response:
     app = request.app
-    authorize(request, app[TOKENS], "agents:read")
+    principal = authorize(request, app[TOKENS], "agents:read")
     agents = [
         {"name": a.name, "state": a.state, "since": round(a.since, 3), "paused": a.paused, "reason": a.reason,
          "queues": sorted(a.queues), "current_call": a.current_call, "violations_today": a.violations_today}
         for a in sorted(app[MONITOR].agents.values(), key=lambda a: a.name)
+        if principal.teams is None or principal.teams & agent_teams(app[CONFIG].ui, a.name)
     ]
     return _json({"agents": agents, "count": len(agents)})
 

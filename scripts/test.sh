@@ -15,6 +15,13 @@ fi
 need_pkgs=()
 command -v promtool >/dev/null 2>&1 || need_pkgs+=(prometheus)
 command -v systemd-analyze >/dev/null 2>&1 || need_pkgs+=(systemd)
+# the web UI's browser tests (tests/test_ui_browser.py): Debian's chromium over the DevTools protocol, and
+# CJK fonts so the zh-CN screenshots show characters
+command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || need_pkgs+=(chromium)
+[ -d /usr/share/fonts/opentype/noto ] || need_pkgs+=(fonts-noto-cjk)
+# The real SIP rig (tests/test_probe_rig.py): Kamailio as registrar/proxy, baresip as the hotline.
+{ command -v kamailio || [ -x /usr/sbin/kamailio ]; } >/dev/null 2>&1 || need_pkgs+=(kamailio)
+command -v baresip >/dev/null 2>&1 || need_pkgs+=(baresip-core)
 if [ ${#need_pkgs[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "== apt-get install ${need_pkgs[*]}"
     { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \

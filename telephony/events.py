@@ -56,6 +56,9 @@ class CallOffered:
     caller_name: str
     since: float
     agent: str | None = None  # outbound: the agent who dialled
+    #: the PBX line the customer's leg uses (``PJSIP/trunk-telecom``: technology/resource, no unique suffix),
+    #: when the adapter knows it; ``monitor.lines`` maps it to a configured trunk (connect rate per trunk)
+    trunk: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,6 +195,65 @@ class DispositionReceived:
     source: str
 
 
+LineAspect = Literal["reachability", "registration"]
+
+
+@dataclass(frozen=True, slots=True)
+class LineStateChanged:
+    """A PBX line (trunk or endpoint) became reachable / registered, or stopped being so.
+
+    ``line`` is technology/resource (``PJSIP/trunk-telecom``, ``SIP/provider``) or
+    ``registration/<name>`` for an outbound registration that names no endpoint.  A line
+    has up to two aspects (reachability: qualify / contacts / device state; registration:
+    outbound REGISTER); it is up when every aspect it reported is up.  Sent on a change,
+    and again for every line after a (re)connect's resync.
+    """
+
+    at: float
+    line: str
+    up: bool
+    detail: str = ""
+    aspect: LineAspect = "reachability"
+    source: str = ""  # what told us (PBX event / list name), for the API and the logs
+    rtt_ms: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CallLineSeen:
+    """The PBX line a call uses, seen on one of its legs (``call_id`` as in :class:`CallOffered`).
+
+    Until the adapter fills ``CallOffered.trunk`` itself, this is how the line monitor
+    learns which trunk a call came in on / went out through."""
+
+    at: float
+    call_id: str
+    line: str
+
+
+LineEvent = LineStateChanged | CallLineSeen
+"""Line events go to ``monitor.lines.LineMonitor``, not to ``Monitor.handle``."""
+
+
+@dataclass(frozen=True, slots=True)
+class SpyStarted:
+    """A supervisor's phone started listening to a call (silently, whispering to the agent, or barged in)."""
+
+    at: float
+    call_id: str = ""  # "" when the spied channel belongs to no tracked call
+    agent: str | None = None  # whose leg is spied on
+    spy_id: str | None = None  # the id ringwatch gave the request (monitor.spy); None: started elsewhere
+
+
+@dataclass(frozen=True, slots=True)
+class SpyStopped:
+    """That listening ended (the supervisor hung up, or the call ended)."""
+
+    at: float
+    call_id: str = ""
+    agent: str | None = None
+    spy_id: str | None = None
+
+
 DomainEvent = (
     LinkUp
     | LinkDown
@@ -211,4 +273,6 @@ DomainEvent = (
     | TransferEnded
     | RecordingStarted
     | DispositionReceived
+    | SpyStarted
+    | SpyStopped
 )

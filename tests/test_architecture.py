@@ -1,4 +1,4 @@
-"""Nothing outside telephony/ knows AMI; nothing in telephony/ knows a rule."""
+"""Nothing outside telephony/ knows AMI or ESL; nothing in telephony/ knows a rule."""
 
 from __future__ import annotations
 
@@ -12,6 +12,11 @@ AMI_WORDS = re.compile(r"\b(Uniqueid|Linkedid|DestChannel|AgentCalled|AgentConne
                        r"CoreShowChannel|ActionID|EventList|DialEnd|HangupRequest|MemberName)\b")
 # the composition roots may import the adapter's public entry points, nothing else of telephony.ami
 ALLOWED_AMI_IMPORTS = {"telephony.ami.adapter", "telephony.ami.trace"}
+# the same for FreeSWITCH: ESL header and callcenter names, and the ESL adapter's entry point
+ESL_WORDS = re.compile(r"(?<![\w-])(Unique-ID|Other-Leg-Unique-ID|Event-Subclass|CC-Action|CC-Member-UUID|"
+                       r"CC-Member-Session-UUID|CC-Agent-UUID|callcenter::info|bridge-agent-start|"
+                       r"member-queue-start|agent-offering)(?![\w-])")
+ALLOWED_ESL_IMPORTS = {"telephony.esl.adapter"}
 
 
 def _py(folder: str) -> list[Path]:
@@ -48,5 +53,29 @@ def test_telephony_knows_no_rules_or_alerts() -> None:
         for p in _py("telephony")
         for mod in _imports(p)
         if mod.split(".")[0] in {"monitor", "alerts"} and mod != "monitor.clock"
+    ]
+    assert not offenders, "\n".join(offenders)
+
+
+def test_no_esl_outside_telephony() -> None:
+    offenders = []
+    for folder in ("monitor", "alerts", "config"):
+        for path in _py(folder):
+            for mod in _imports(path):
+                if mod.startswith("telephony.esl") and mod not in ALLOWED_ESL_IMPORTS:
+                    offenders.append(f"{path.relative_to(ROOT)} imports {mod}")
+            text = path.read_text(encoding="utf-8")
+            for m in ESL_WORDS.finditer(text):
+                offenders.append(f"{path.relative_to(ROOT)} mentions ESL name {m.group(0)}")
+    assert not offenders, "\n".join(offenders)
+
+
+def test_the_two_adapters_do_not_import_each_other() -> None:
+    offenders = [
+        f"{p.relative_to(ROOT)} imports {mod}"
+        for pkg, other in (("telephony/esl", "telephony.ami"), ("telephony/ami", "telephony.esl"))
+        for p in _py(pkg)
+        for mod in _imports(p)
+        if mod.startswith(other)
     ]
     assert not offenders, "\n".join(offenders)

@@ -280,3 +280,19 @@ def test_qa_special_flags() -> None:
     # a day later the same number is no longer a repeat
     answered_call(p, 3700.0 + 25 * 3600, uid="c3", leg="a3")
     assert "repeat_caller" not in p.call("c3").flags
+
+
+def test_agent_state_follows_the_call_even_when_the_pbx_says_only_in_use() -> None:
+    """Local members report INUSE/InCall=0 from the first ring and nothing at the answer."""
+    p = Pbx()
+    p.inbound(0.0, "c1")
+    p.ev(0.0, "QueueMemberStatus", Queue="support", MemberName="坐席7001", Interface="PJSIP/7001", Status="2",
+         InCall="0", Paused="0")
+    p.ring(0.0, "c1", "7001", "a1")
+    assert p.monitor.agents["坐席7001"].state == "ringing"
+    p.connect(4.0, "c1", "7001", "a1")
+    agent = p.monitor.agents["坐席7001"]
+    assert (agent.state, agent.since) == ("talking", 4.0)
+    p.complete(20.0, "c1", "7001", "a1", "caller")
+    p.caller_hangs_up(20.0, "c1")
+    assert p.monitor.agents["坐席7001"].state == "available"

@@ -50,6 +50,8 @@ from telephony.events import (
     RecordingStarted,
     ResyncDone,
     RingOutcome,
+    SpyStarted,
+    SpyStopped,
     TransferAnswered,
     TransferEnded,
     TransferKind,
@@ -77,6 +79,15 @@ def interface_base(interface: str) -> str:
     if interface.startswith("Local/"):
         return "Local/" + interface[6:].split("/", 1)[0]
     return interface
+
+
+_TRUNK_TECHS = ("PJSIP/", "SIP/", "IAX2/", "DAHDI/")
+
+
+def trunk_of(channel: str) -> str | None:
+    """The line a call uses, from its PBX-side channel: ``PJSIP/carrier-0000001a`` -> ``PJSIP/carrier``.
+    Local channels are plumbing, not lines: None."""
+    return channel_base(channel) if channel.startswith(_TRUNK_TECHS) else None
 
 
 def _duration_s(text: str | None) -> float:
@@ -205,6 +216,8 @@ class AmiTracker:
             "MusicOnHoldStop",
             "MixMonitorStart",
             "UserEvent",
+            "ChanSpyStart",
+            "ChanSpyStop",
         }
     )
 
@@ -251,7 +264,11 @@ class AmiTracker:
             "MusicOnHoldStop": self._on_moh_stop,
             "MixMonitorStart": self._on_mixmonitor,
             "UserEvent": self._on_user_event,
+            "ChanSpyStart": self._on_chanspy,
+            "ChanSpyStop": self._on_chanspy,
         }
+        #: spyer channel base (the supervisor's phone, ``PJSIP/8001``) -> the id of ringwatch's spy request
+        self.spy_ids: dict[str, str] = {}
 
     # -- link ------------------------------------------------------------------
 
@@ -331,6 +348,7 @@ class AmiTracker:
                     "" if caller in _UNKNOWN_CID else caller,
                     "" if name in _UNKNOWN_CID else name,
                     since if call_since is None else call_since,
+                    trunk=trunk_of(channel),
                 )
             )
         call.queue = queue
@@ -657,7 +675,7 @@ class AmiTracker:
         self._last_call_of_agent[agent] = call_id
         exten = msg.get("Exten") or ""
         number = exten if exten[-4:].isdigit() else (msg.get("DestCallerIDNum") or msg.get("DestExten") or "")
-        self._emit(CallOffered(now, call_id, "outbound", number, "", now, agent))
+        self._emit(CallOffered(now, call_id, "outbound", number, "", now, agent, trunk=trunk_of(dest)))
 
     def _on_blind_transfer(self, msg: Message, now: float) -> None:
         if msg.get("Result") != "Success":
@@ -748,6 +766,33 @@ class AmiTracker:
         chan = msg.get("Channel")
         agent = msg.get("Agent") or (self._agent_for_channel(chan) if chan else None)
         self._emit(DispositionReceived(now, call_id, tag, msg.get("Note") or "", agent, "pbx-userevent"))
+
+    # -- supervisors listening in (ChanSpy) ---------------------------------------------
+
+    def agent_channel(self, call_id: str, agent: str) -> str | None:
+        """The channel of ``agent``'s leg of call ``call_id`` (what ChanSpy should spy on), or None.
+        A Local member is spied on at its ``;1`` half, the one bridged with the caller."""
+        call = self.calls.get(call_id)
+        if call is None:
+            return None
+        for key, name in reversed(list(call.agent_keys.items())):
+            if name == agent:
+                return key + ";1" if key.startswith("Local/") else key
+        return None
+
+    def _on_chanspy(self, msg: Message, now: float) -> None:
+        spyee = msg.get("SpyeeChannel") or ""
+        lid = msg.get("SpyeeLinkedid")
+        call = self._by_linkedid.get(lid) if lid else None
+        agent = call.agent_keys.get(local_pair(spyee)) if call is not None else None
+        if agent is None and spyee:
+            agent = self._agent_for_channel(spyee)
+        spyer = channel_base(msg.get("SpyerChannel") or "")
+        spy_id = self.spy_ids.get(spyer) or self.spy_ids.get(spyer.split(";", 1)[0])
+        cls = SpyStarted if msg.event == "ChanSpyStart" else SpyStopped
+        if cls is SpyStopped and spy_id is not None:
+            self.spy_ids.pop(spyer, None)
+        self._emit(cls(now, call.call_id if call is not None else "", agent, spy_id))
 
     # -- resync ------------------------------------------------------------------------
 

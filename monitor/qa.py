@@ -1,0 +1,327 @@
+"""Quality inspection (质检): QA-LIVE quotas, QA-SAMPLE / QA-SPECIAL sampling, QA-TIMELY, QA-SCORE.
+
+* **QA-LIVE**: monitorings per agent per ISO week (local time): ``random`` (a silent listen
+  started from the console, 随机监听) and ``onsite`` (the agent is aware: whisper / barge, 现场监听);
+  ``monitor.spy`` reports each session that really started.  Targets ``ui.qa.random_per_week`` /
+  ``onsite_per_week``.
+* **QA-SAMPLE / QA-SPECIAL**: :func:`sample_calls`: for each agent, an unbiased random sample of
+  ``ceil(ratio x n)`` of the day's inbound calls and of the outbound calls (so every agent meets
+  both minimums), plus special calls (complaint, repeat caller, long call, late answer) until
+  ``ceil(special_ratio x specials)`` of that agent's special calls are in.  The random stream is
+  seeded with ``(seed, day, agent, direction)`` over the calls sorted by id: the same seed and
+  calls give the same sample, whatever their arrival order.
+* **QA-TIMELY**: each sampled call is due for review ``review_within_days`` after it ended;
+  overdue ones are flagged.
+* **QA-SCORE**: :func:`score_card`: attitude 20, norms 30, skills 50 (deductions, each section down
+  to zero), bonus up to 10, any fatal error -> 0.  An appeal sends the call back for re-review.
+
+State is in memory (restart = a new week's tally); every review and appeal is in the audit trail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import csv
+import datetime as dt
+import io
+import logging
+import math
+import random
+from collections import OrderedDict, defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal
+from zoneinfo import ZoneInfo
+
+from config.schema import Config, QaConfig
+from monitor.audit import AuditLog
+from monitor.calls import Call
+from monitor.engine import Monitor
+
+log = logging.getLogger(__name__)
+
+SPECIAL_FLAGS: Final = frozenset({"complaint", "repeat_caller", "long_call", "late_answer"})
+SCORE_SECTIONS: Final = {"attitude": 20, "norms": 30, "skills": 50}
+MAX_BONUS: Final = 10
+SampleState = Literal["due", "reviewed", "appealed", "rereviewed"]
+MonitoringKind = Literal["random", "onsite"]
+
+
+class QaError(Exception):
+    def __init__(self, status: int, code: str, zh: str, en: str) -> None:
+        super().__init__(en)
+        self.status, self.code, self.zh, self.en = status, code, zh, en
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    """A finished call as QA needs it."""
+
+    id: str
+    agent: str
+    direction: str
+    flags: frozenset[str] = frozenset()
+    ended_wall: float = 0.0
+    queue: str | None = None
+    caller: str | None = None  # masked per privacy
+
+
+def sample_calls(calls: Iterable[Finished], *, seed: int, day: str, inbound_ratio: float, outbound_ratio: float,
+                 special_ratio: float) -> list[tuple[Finished, list[str]]]:
+    """The day's sample: ``(call, reasons)`` with reasons among ``inbound``, ``outbound``, ``special``."""
+    by_agent: dict[str, list[Finished]] = defaultdict(list)
+    for c in calls:
+        if c.agent and c.direction in ("inbound", "outbound"):
+            by_agent[c.agent].append(c)
+    out: list[tuple[Finished, list[str]]] = []
+    for agent in sorted(by_agent):
+        chosen: dict[str, list[str]] = {}
+        mine = sorted(by_agent[agent], key=lambda c: c.id)
+        for direction, ratio in (("inbound", inbound_ratio), ("outbound", outbound_ratio)):
+            pool = [c for c in mine if c.direction == direction]
+            k = min(len(pool), math.ceil(ratio * len(pool) - 1e-9)) if ratio > 0 else 0
+            rng = random.Random(f"{seed}:{day}:{agent}:{direction}")
+            for c in rng.sample(pool, k):
+                chosen.setdefault(c.id, []).append(direction)
+        specials = [c for c in mine if c.flags & SPECIAL_FLAGS]
+        need = min(len(specials), math.ceil(special_ratio * len(specials) - 1e-9)) if special_ratio > 0 else 0
+        have = [c for c in specials if c.id in chosen]
+        for c in have:
+            chosen[c.id].append("special")
+        rest = [c for c in specials if c.id not in chosen]
+        rng = random.Random(f"{seed}:{day}:{agent}:special")
+        for c in rng.sample(rest, max(0, need - len(have))):
+            chosen[c.id] = ["special"]
+        index = {c.id: c for c in mine}
+        out.extend((index[cid], reasons) for cid, reasons in sorted(chosen.items()))
+    return out
+
+
+def score_card(card: dict[str, Any]) -> dict[str, Any]:
+    """QA-SCORE from ``{"attitude", "norms", "skills"}`` (points deducted), ``bonus`` (0..10),
+    ``fatal`` (bool), ``comment``; raises :class:`QaError` (422) on a bad card."""
+    unknown = sorted(set(card) - {*SCORE_SECTIONS, "bonus", "fatal", "comment"})
+    if unknown:
+        raise QaError(422, "bad_card", f"评分卡不支持字段 {unknown[0][:40]}",
+                      f"unknown score card field {unknown[0][:40]}")
+    sections: dict[str, float] = {}
+    for name, full in SCORE_SECTIONS.items():
+        d = card.get(name, 0)
+        if isinstance(d, bool) or not isinstance(d, int | float) or not 0 <= d <= full:
+            raise QaError(422, "bad_card", f"{name} 扣分应为 0 到 {full}", f"{name}: deduction must be 0..{full}")
+        sections[name] = round(full - float(d), 2)
+    bonus = card.get("bonus", 0)
+    if isinstance(bonus, bool) or not isinstance(bonus, int | float) or not 0 <= bonus <= MAX_BONUS:
+        raise QaError(422, "bad_card", f"加分应为 0 到 {MAX_BONUS}", f"bonus must be 0..{MAX_BONUS}")
+    fatal = card.get("fatal", False)
+    comment = card.get("comment", "")
+    if not isinstance(fatal, bool) or not isinstance(comment, str) or len(comment) > 2000:
+        raise QaError(422, "bad_card", "fatal 为布尔值,comment 为不超过 2000 字的文本",
+                      "fatal is a boolean, comment a text of at most 2000 characters")
+    total = 0.0 if fatal else round(sum(sections.values()) + float(bonus), 2)
+    return {"sections": sections, "bonus": float(bonus), "fatal": fatal, "comment": comment, "score": total}
+
+
+@dataclass(slots=True)
+class Sample:
+    call: Finished
+    day: str
+    reasons: list[str]
+    due_wall: float
+    state: SampleState = "due"
+    reviews: list[dict[str, Any]] = field(default_factory=list)
+    appeals: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def score(self) -> float | None:
+        return self.reviews[-1]["score"] if self.reviews and self.state in ("reviewed", "rereviewed") else None
+
+    def to_json(self, now_wall: float, tz: ZoneInfo) -> dict[str, Any]:
+        c = self.call
+        return {"call": c.id, "agent": c.agent, "direction": c.direction, "queue": c.queue, "caller": c.caller,
+                "flags": sorted(c.flags), "reasons": self.reasons, "day": self.day,
+                "ended_at": round(c.ended_wall, 3), "due_at": round(self.due_wall, 3),
+                "due_local": _local(self.due_wall, tz), "state": self.state, "score": self.score,
+                "overdue": self.state in ("due", "appealed") and now_wall > self.due_wall,
+                "reviews": self.reviews, "appeals": self.appeals}
+
+
+def _local(wall: float, tz: ZoneInfo) -> str:
+    return dt.datetime.fromtimestamp(wall, tz).strftime("%Y-%m-%d %H:%M")
+
+
+CSV_COLUMNS: Final = ("call", "agent", "direction", "queue", "caller", "flags", "reasons", "day", "due_local",
+                      "state", "score", "overdue")
+
+
+def samples_csv(rows: list[dict[str, Any]]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\r\n")
+    w.writerow(CSV_COLUMNS)
+    for r in rows:
+        w.writerow(["|".join(r[k]) if isinstance(r[k], list) else "" if r[k] is None else r[k] for k in CSV_COLUMNS])
+    return buf.getvalue()
+
+
+class QaService:
+    """Finished calls of the last days, the samples, the reviews and the week's monitorings."""
+
+    def __init__(self, cfg: Config, monitor: Monitor, audit: AuditLog, wall: Callable[[], float],
+                 keep_days: int = 8) -> None:
+        self.cfg = cfg
+        self.q: QaConfig = cfg.ui.qa
+        self.tz = ZoneInfo(cfg.timezone)
+        self.audit = audit
+        self.monitor = monitor
+        self._wall = wall
+        self._keep_days = keep_days
+        self.finished: OrderedDict[str, list[Finished]] = OrderedDict()  # day -> calls
+        self.samples: OrderedDict[str, Sample] = OrderedDict()  # call id -> sample
+        self.sampled_days: set[str] = set()
+        self.monitorings: list[dict[str, Any]] = []
+        self._task: asyncio.Task[None] | None = None
+        monitor.on_record(self.on_record)
+
+    # -- inputs --------------------------------------------------------------------------------
+
+    def day_of(self, wall: float) -> str:
+        return dt.datetime.fromtimestamp(wall, self.tz).date().isoformat()
+
+    def week_of(self, wall: float) -> str:
+        y, w, _ = dt.datetime.fromtimestamp(wall, self.tz).isocalendar()
+        return f"{y}-W{w:02d}"
+
+    def on_record(self, call: Call, record: dict[str, Any]) -> None:
+        agent = call.agent or call.talking_agent
+        if not agent or call.answered_at is None or call.ended_at is None:
+            return
+        self.add(Finished(call.id, agent, call.direction, frozenset(call.flags),
+                          self.monitor.clock.wall(call.ended_at), call.queue, record.get("caller")))
+
+    def add(self, c: Finished) -> None:
+        day = self.day_of(c.ended_wall)
+        self.finished.setdefault(day, []).append(c)
+        while len(self.finished) > self._keep_days:
+            self.finished.popitem(last=False)
+
+    def record_monitoring(self, agent: str, kind: MonitoringKind, by: str, call_id: str, wall: float) -> None:
+        self.monitorings.append({"agent": agent, "kind": kind, "by": by, "call": call_id, "at": round(wall, 3),
+                                 "week": self.week_of(wall)})
+        del self.monitorings[:-100_000]
+
+    # -- sampling ------------------------------------------------------------------------------
+
+    def run_sample(self, day: str) -> list[Sample]:
+        """Sample ``day``'s finished calls (again: the same calls give the same sample; reviews are kept)."""
+        picked = sample_calls(self.finished.get(day, []), seed=self.q.seed, day=day,
+                              inbound_ratio=self.q.inbound_ratio, outbound_ratio=self.q.outbound_ratio,
+                              special_ratio=self.q.special_ratio)
+        out = []
+        for c, reasons in picked:
+            s = self.samples.get(c.id)
+            if s is None:
+                s = self.samples[c.id] = Sample(c, day, reasons, c.ended_wall + self.q.review_within_days * 86400)
+            out.append(s)
+        self.sampled_days.add(day)
+        log.info("qa: sampled %d of %d calls of %s", len(out), len(self.finished.get(day, [])), day)
+        return out
+
+    def query(self, *, day: str | None = None, agent: str | None = None, state: str | None = None,
+              overdue: bool | None = None, agents: set[str] | None = None) -> list[dict[str, Any]]:
+        now = self._wall()
+        rows = []
+        for s in self.samples.values():
+            if (day and s.day != day) or (agent and s.call.agent != agent) or (state and s.state != state):
+                continue
+            if agents is not None and s.call.agent not in agents:
+                continue
+            j = s.to_json(now, self.tz)
+            if overdue is not None and j["overdue"] != overdue:
+                continue
+            rows.append(j)
+        rows.sort(key=lambda r: (r["due_at"], r["call"]))
+        return rows
+
+    def _sample(self, call_id: str) -> Sample:
+        s = self.samples.get(call_id)
+        if s is None:
+            raise QaError(404, "not_found", f"通话 {call_id[:60]} 不在抽检样本中",
+                          f"call {call_id[:60]} is not sampled")
+        return s
+
+    def review(self, call_id: str, by: str, card: dict[str, Any]) -> Sample:
+        s = self._sample(call_id)
+        if s.state in ("reviewed", "rereviewed"):
+            raise QaError(409, "already_reviewed", "该通话已评分;如有异议请先申诉", "already scored: appeal first")
+        result = score_card(card)
+        result.update({"by": by, "at": round(self._wall(), 3), "re_review": s.state == "appealed"})
+        s.reviews.append(result)
+        s.state = "rereviewed" if s.state == "appealed" else "reviewed"
+        self.audit.record(by, "qa.review", call_id, {"agent": s.call.agent, "score": result["score"],
+                                                      "fatal": result["fatal"], "re_review": result["re_review"]})
+        return s
+
+    def appeal(self, call_id: str, by: str, reason: str) -> Sample:
+        s = self._sample(call_id)
+        if s.state != "reviewed":
+            raise QaError(409, "cannot_appeal", "只能对已评分且未复核的通话申诉", "only a scored, not re-reviewed call "
+                          "can be appealed")
+        s.appeals.append({"by": by, "at": round(self._wall(), 3), "reason": reason})
+        s.state = "appealed"
+        self.audit.record(by, "qa.appeal", call_id, {"agent": s.call.agent, "reason": reason[:500]})
+        return s
+
+    # -- the week ------------------------------------------------------------------------------
+
+    def week(self, agents: Iterable[str], week: str | None = None) -> dict[str, Any]:
+        now = self._wall()
+        week = week or self.week_of(now)
+        done: dict[str, dict[str, int]] = defaultdict(lambda: {"random": 0, "onsite": 0})
+        for m in self.monitorings:
+            if m["week"] == week:
+                done[m["agent"]][m["kind"]] += 1
+        due: dict[str, int] = defaultdict(int)
+        overdue: dict[str, int] = defaultdict(int)
+        for s in self.samples.values():
+            if s.state in ("due", "appealed"):
+                due[s.call.agent] += 1
+                if now > s.due_wall:
+                    overdue[s.call.agent] += 1
+        rows = []
+        for a in sorted(set(agents) | set(done)):
+            r, o = done[a]["random"], done[a]["onsite"]
+            rows.append({"agent": a, "random": r, "random_target": self.q.random_per_week, "onsite": o,
+                         "onsite_target": self.q.onsite_per_week, "reviews_due": due[a], "reviews_overdue": overdue[a],
+                         "below_quota": r < self.q.random_per_week or o < self.q.onsite_per_week})
+        return {"week": week, "agents": rows}
+
+    # -- the daily run -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._daily(), name="qa-daily-sample")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    def next_run(self, now_wall: float) -> float:
+        h, m = (int(x) for x in self.q.sample_at.split(":"))
+        local = dt.datetime.fromtimestamp(now_wall, self.tz)
+        at = local.replace(hour=h % 24, minute=m, second=0, microsecond=0)
+        if at.timestamp() <= now_wall:
+            at += dt.timedelta(days=1)
+        return at.timestamp()
+
+    async def _daily(self) -> None:
+        while True:
+            now = self._wall()
+            await asyncio.sleep(max(self.next_run(now) - now, 1.0))
+            yesterday = self.day_of(self._wall() - 86400)
+            try:
+                self.run_sample(yesterday)
+            except Exception:
+                log.exception("qa: the daily sample failed")
