@@ -75,6 +75,8 @@ class ChannelsConfig(_Strict):
     outbound_patterns: list[str] = [r"^Local/\d+@customers$", r"^(?:PJSIP|SIP)/[^/]*trunk"]
     #: UserEvent carrying a disposition: UserEvent(RingwatchDisposition,Tag: valid,Note: ...)
     disposition_userevent: str = "RingwatchDisposition"
+    #: UserEvent creating a commitment: UserEvent(RingwatchCommitment,Kind: callback,Note: ...)
+    commitment_userevent: str = "RingwatchCommitment"
     #: a queue-member pause whose reason starts with this carries the tag (``wrapup:valid``); unpause = done
     wrapup_pause_prefix: str = "wrapup:"
 

@@ -55,6 +55,7 @@ from monitor.clock import Clock, Timer
 from monitor.privacy import mask_number
 from monitor.store import Change, CommitmentStore, Conflict, Duplicate, Stored, StoreUnavailable
 from monitor.workcal import WorkCalendar
+from telephony.events import CommitmentRequested
 
 log = logging.getLogger(__name__)
 
@@ -309,8 +310,17 @@ class CommitmentService:
     # -- lifecycle ------------------------------------------------------------------------
 
     def attach(self, monitor: Any) -> None:
-        """Fulfil callbacks from ``monitor``'s ended calls (``Monitor.on_record``)."""
+        """Fulfil callbacks from ``monitor``'s ended calls (``Monitor.on_record``) and take
+        commitments the PBX signals on a call (``CommitmentRequested``)."""
         monitor.on_record(self.on_record)
+
+        def on_event(ev: object) -> None:
+            if isinstance(ev, CommitmentRequested):
+                call = monitor.call(ev.call_id)
+                customer = ev.customer or (call.caller if call is not None else "")
+                self.submit_from_pbx(ev.kind, customer, ev.agent or "", ev.call_id, team=ev.team, note=ev.note)
+
+        monitor.on_event(on_event)
 
     async def start(self) -> None:
         """Start the scheduler and the pending worker.  Redis may be down: they retry."""

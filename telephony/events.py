@@ -184,6 +184,19 @@ class RecordingStarted:
 
 
 @dataclass(frozen=True, slots=True)
+class CommitmentRequested:
+    """The agent promised something on the call (a callback, an escalation, ...), signalled by the PBX."""
+
+    at: float
+    call_id: str
+    kind: str
+    customer: str
+    agent: str | None
+    team: str | None = None
+    note: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class DispositionReceived:
     """The agent's wrap-up outcome for a call (from the PBX; the HTTP API goes to the monitor directly)."""
 
@@ -275,4 +288,5 @@ DomainEvent = (
     | DispositionReceived
     | SpyStarted
     | SpyStopped
+    | CommitmentRequested
 )

@@ -513,3 +513,31 @@ def test_commitment_round_trips_through_json() -> None:
 
 def _unused(_: Call) -> None:  # keeps the Call import meaningful for readers: records carry Call objects
     pass
+
+
+async def test_a_commitment_signalled_by_the_pbx_on_the_call_is_created(make_rig: RigFactory) -> None:
+    """UserEvent(RingwatchCommitment,Kind: callback) on the agent's channel during an inbound call."""
+    from telephony.ami.codec import Message
+    from telephony.ami.tracker import AmiTracker
+
+    rig = await make_rig()
+    tracker = AmiTracker(rig.monitor.handle)
+    at = 0.0
+
+    def ev(event: str, **fields: str) -> None:
+        tracker.handle(Message([("Event", event), *fields.items()]), at)
+
+    ev("QueueCallerJoin", Channel="PJSIP/trunk-0000000a", Uniqueid="c9", Linkedid="c9", Queue="support",
+       CallerIDNum="13912345678", CallerIDName="张三")
+    ev("AgentCalled", Channel="PJSIP/trunk-0000000a", Uniqueid="c9", Linkedid="c9",
+       DestChannel="PJSIP/7001-0000000b", DestUniqueid="a9", Queue="support", Interface="PJSIP/7001",
+       MemberName="Agent 7001")
+    ev("AgentConnect", Channel="PJSIP/trunk-0000000a", Uniqueid="c9", Linkedid="c9",
+       DestChannel="PJSIP/7001-0000000b", DestUniqueid="a9", Queue="support", Interface="PJSIP/7001",
+       MemberName="Agent 7001")
+    ev("UserEvent", UserEvent="RingwatchCommitment", Channel="PJSIP/7001-0000000b", Uniqueid="a9", Linkedid="c9",
+       Kind="callback", Note="客户要求明天回电")
+    await rig.service.idle()
+    found = await rig.service.query(state="open")
+    [c] = [c for c in found if c.call_id == "c9"]
+    assert (c.kind, c.customer, c.owner) == ("callback", "13912345678", "Agent 7001")

@@ -31,7 +31,7 @@ def channel_rules(cfg: Config) -> ChannelRules:
     """The tracker's site rules (agents' phones, outbound dials, dispositions) from ``pbx.channels``."""
     ch = cfg.pbx.channels
     return ChannelRules.build(ch.agent_patterns, ch.outbound_contexts, ch.outbound_patterns,
-                              ch.disposition_userevent, ch.wrapup_pause_prefix)
+                              ch.disposition_userevent, ch.wrapup_pause_prefix, ch.commitment_userevent)
 
 
 def replay_trace(

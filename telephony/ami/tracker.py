@@ -39,6 +39,7 @@ from telephony.events import (
     CallAnswered,
     CallEnded,
     CallOffered,
+    CommitmentRequested,
     Direction,
     DispositionReceived,
     DomainEvent,
@@ -136,12 +137,15 @@ class ChannelRules:
     )
     disposition_userevent: str = "RingwatchDisposition"
     wrapup_pause_prefix: str = "wrapup:"
+    commitment_userevent: str = "RingwatchCommitment"
 
     @classmethod
     def build(cls, agent_patterns: list[str], outbound_contexts: list[str], outbound_patterns: list[str],
-              disposition_userevent: str, wrapup_pause_prefix: str) -> ChannelRules:
+              disposition_userevent: str, wrapup_pause_prefix: str,
+              commitment_userevent: str = "RingwatchCommitment") -> ChannelRules:
         return cls(tuple(re.compile(p) for p in agent_patterns), frozenset(outbound_contexts),
-                   tuple(re.compile(p) for p in outbound_patterns), disposition_userevent, wrapup_pause_prefix)
+                   tuple(re.compile(p) for p in outbound_patterns), disposition_userevent, wrapup_pause_prefix,
+                   commitment_userevent)
 
 
 @dataclass(slots=True)
@@ -753,7 +757,11 @@ class AmiTracker:
             self._emit(RecordingStarted(now, call.call_id))
 
     def _on_user_event(self, msg: Message, now: float) -> None:
-        if msg.get("UserEvent") != self.rules.disposition_userevent:
+        name = msg.get("UserEvent")
+        if name == self.rules.commitment_userevent:
+            self._on_commitment_event(msg, now)
+            return
+        if name != self.rules.disposition_userevent:
             return
         tag = (msg.get("Tag") or "").strip()
         call_id = msg.get("CallID")
@@ -766,6 +774,21 @@ class AmiTracker:
         chan = msg.get("Channel")
         agent = msg.get("Agent") or (self._agent_for_channel(chan) if chan else None)
         self._emit(DispositionReceived(now, call_id, tag, msg.get("Note") or "", agent, "pbx-userevent"))
+
+    def _on_commitment_event(self, msg: Message, now: float) -> None:
+        """``UserEvent(RingwatchCommitment,Kind: callback,Customer: 138...,Note: ...)`` on the call's channel."""
+        call = self._call_for(msg)
+        call_id = msg.get("CallID") or (call.call_id if call is not None else msg.get("Linkedid"))
+        kind = (msg.get("Kind") or "").strip()
+        if not call_id or not kind:
+            log.warning("ami.tracker: %s without a call or Kind ignored", self.rules.commitment_userevent)
+            return
+        chan = msg.get("Channel")
+        agent = msg.get("Agent") or (self._agent_for_channel(chan) if chan else None) or \
+            (call.connected_agent if call is not None else None)
+        customer = msg.get("Customer") or ""  # empty: the monitor uses the call's customer
+        self._emit(CommitmentRequested(now, call_id, kind, customer, agent, msg.get("Team") or None,
+                                       msg.get("Note") or None))
 
     # -- supervisors listening in (ChanSpy) ---------------------------------------------
 
