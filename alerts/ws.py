@@ -30,6 +30,11 @@ cannot set headers, a first frame ``{"type": "auth", "token": ...}`` within
 ``auth_timeout_s`` (otherwise closed with 4401).  Tokens are never accepted in
 the URL, where access logs and proxies would record them.  Alert frames go to
 roles with ``alerts:read``; notices to roles with ``notices:read``.
+
+Team scoping: :attr:`WebSocketHub.scope` (``monitor.web.build_app`` sets it from ``ui.teams``, see
+:func:`monitor.spy.alert_in_scope`) decides which alerts and notices a client sees — in the hello
+snapshot and live — and which it may ack / resolve (another team's: ``forbidden``).  A principal
+without teams (tokens, admins, QA by default) sees everything.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ from typing import Any, Final
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from alerts.hub import AlertChange, AlertError, AlertHub
+from alerts.model import Alert
 from config.schema import HttpConfig
 from monitor.auth import (
     SESSION_COOKIE,
@@ -70,6 +76,13 @@ SUBSCRIBABLE: Final = frozenset({"kpi", "spy"})
 
 #: Most alerts sent in the hello snapshot (the newest are kept).
 SNAPSHOT_LIMIT: Final = 1000
+
+#: may this principal see (and ack / resolve) this alert?  (team scoping)
+AlertScope = Callable[[Principal, Alert], bool]
+
+
+def _everyone(principal: Principal, alert: Alert) -> bool:
+    return True
 
 
 def change_frame(change: AlertChange) -> dict[str, Any]:
@@ -123,6 +136,7 @@ class WebSocketHub:
         self._ids = itertools.count(1)
         self._closing = False
         self._latest: dict[str, tuple[str, Callable[[Principal], bool]]] = {}  # publish(latest=True)
+        self.scope: AlertScope = _everyone  # team scoping of alert / notice frames and acks
         self.sent = 0
         self.dropped = 0  # clients dropped for being too slow
         self.refused = 0  # connections refused for a missing/bad token
@@ -138,7 +152,7 @@ class WebSocketHub:
         frame = _dumps(change_frame(change))
         perm: Permission = "notices:read" if change.alert.kind == "notice" else "alerts:read"
         for client in list(self._clients):
-            if client.principal.can(perm):
+            if client.principal.can(perm) and self.scope(client.principal, change.alert):
                 self._enqueue(client, frame)
 
     def publish(self, frame: dict[str, Any], allow: Callable[[Principal], bool], *, latest: bool = False) -> int:
@@ -241,7 +255,8 @@ class WebSocketHub:
         client = _Client(next(self._ids), principal, ws, request, asyncio.Queue(self._queue_size))
         open_alerts: list[dict[str, Any]] = []
         if principal.can("alerts:read"):
-            unresolved = [a for a in self._alerts.alerts() if a.kind == "violation" and a.state != "resolved"]
+            unresolved = [a for a in self._alerts.alerts()
+                          if a.kind == "violation" and a.state != "resolved" and self.scope(principal, a)]
             open_alerts = [a.to_json() for a in unresolved[-SNAPSHOT_LIMIT:]]
         client.queue.put_nowait(_dumps({"type": "hello", "name": principal.name, "role": principal.role,
                                         "permissions": principal.permissions, "open_alerts": open_alerts}))
@@ -310,6 +325,10 @@ class WebSocketHub:
         if alert is None:
             self._enqueue(client, _error("not_found", f"告警 {alert_id[:40]} 不存在",
                                          f"no alert {alert_id[:40]}", request=kind, id=alert_id[:40]))
+            return
+        if not self.scope(client.principal, alert):
+            self._enqueue(client, _error("forbidden", f"告警 {alert_id} 不属于你的班组",
+                                         f"alert {alert_id} belongs to another team", request=kind, id=alert_id))
             return
         try:
             if kind == "ack":

@@ -601,6 +601,7 @@ class UiConfig(_Strict):
     cookie_secure: bool = True  # Secure session cookies (browsers keep them on http://localhost too)
     qa: QaConfig = QaConfig()
     spy_options: str = "qbES"  # ChanSpy options always given (quiet, bridged only, exit with the call)
+    qa_team_scoped: bool = False  # QA users see only their ui.users[].teams (default: QA sees every team)
 
     @model_validator(mode="after")
     def _check(self) -> UiConfig:

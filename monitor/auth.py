@@ -33,9 +33,11 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Final, Literal
 
+import redis.asyncio as aioredis
 from aiohttp import web
 
 from config.schema import AuthConfig, Role, UserConfig
+from monitor.persist import RedisWriter
 
 log = logging.getLogger(__name__)
 
@@ -291,10 +293,12 @@ class UserDirectory:
     """The users of ``ui.users``: name -> (password hash, principal).  A login verifies in a worker
     thread (scrypt costs ~50 ms of CPU); an unknown name costs the same as a wrong password."""
 
-    def __init__(self, users: Iterable[UserConfig]) -> None:
+    def __init__(self, users: Iterable[UserConfig], *, qa_team_scoped: bool = False) -> None:
+        """Supervisors and agents are limited to their ``teams``; QA too when ``qa_team_scoped``."""
         self._users: dict[str, tuple[str, Principal]] = {}
+        scoped = {"supervisor", "agent"} | ({"qa"} if qa_team_scoped else set())
         for u in users:
-            teams = frozenset(u.teams) if u.role in ("supervisor", "agent") else None
+            teams = frozenset(u.teams) if u.role in scoped else None
             self._users[u.name] = (u.password_hash, Principal(u.name, u.role, teams, u.phone, "session"))
 
     def __len__(self) -> int:
@@ -319,14 +323,67 @@ class Session:
 
 
 class SessionStore:
-    """Browser sessions in memory (a restart logs everyone out).  Only SHA-256 digests of session ids
-    are kept; ``now`` is Unix time (injectable)."""
+    """Browser sessions.  Only SHA-256 digests of session ids are kept; ``now`` is Unix time (injectable).
+
+    In memory, and in Redis when there is one (:meth:`use_redis`: key ``<prefix>sess:<digest hex>``,
+    a JSON ``{"name", "csrf", "expires"}`` with the session's TTL as the key's expiry; written behind,
+    loaded at :meth:`start`), so a restart does not log everyone out.  A loaded session takes the
+    user's *current* role and teams from the user directory; a user no longer configured is dropped."""
 
     def __init__(self, ttl_s: float, now: Callable[[], float] = time.time, limit: int = 10_000) -> None:
         self.ttl_s = ttl_s
         self._now = now
         self._limit = limit
         self._sessions: dict[bytes, Session] = {}
+        self.writer: RedisWriter | None = None
+        self._prefix = "ringwatch:"
+        self._users: UserDirectory | None = None
+
+    def use_redis(self, client: aioredis.Redis, prefix: str, users: UserDirectory) -> None:
+        """Keep the sessions in Redis too (before :meth:`start`)."""
+        self.writer = RedisWriter(client, "sessions")
+        self._prefix = prefix
+        self._users = users
+
+    def _key(self, digest: bytes) -> str:
+        return f"{self._prefix}sess:{digest.hex()}"
+
+    async def start(self) -> None:
+        """Load the sessions kept in Redis (a Redis failure is logged: nobody is logged in then)."""
+        if self.writer is None:
+            return
+        try:
+            await self._load()
+        except Exception as e:
+            log.error("auth: could not load the sessions from Redis (%s)", type(e).__name__)
+        await self.writer.start()
+
+    async def stop(self) -> None:
+        if self.writer is not None:
+            await self.writer.stop()
+
+    async def _load(self) -> None:
+        assert self.writer is not None
+        assert self._users is not None
+        r = self.writer.client
+        keys = [k async for k in r.scan_iter(match=f"{self._prefix}sess:*", count=1000)]
+        now = self._now()
+        loaded = 0
+        for i in range(0, len(keys), 500):
+            chunk = keys[i:i + 500]
+            for key, raw in zip(chunk, await r.mget(chunk), strict=True):
+                name = key if isinstance(key, str) else key.decode()
+                try:
+                    d = json.loads(raw) if raw is not None else None
+                    digest = bytes.fromhex(name.rsplit(":", 1)[1])
+                    principal = self._users.principal(str(d["name"])) if isinstance(d, dict) else None
+                    if principal is None or not isinstance(d, dict) or float(d["expires"]) <= now:
+                        continue
+                    self._sessions[digest] = Session(principal, str(d["csrf"]), float(d["expires"]))
+                    loaded += 1
+                except (ValueError, KeyError, TypeError, IndexError):
+                    continue
+        log.info("auth: %d browser sessions loaded from Redis", loaded)
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -335,10 +392,17 @@ class SessionStore:
         """A new session id (for the cookie) and its session (with the CSRF token)."""
         self._expire()
         while len(self._sessions) >= self._limit:  # the oldest go first
-            del self._sessions[next(iter(self._sessions))]
+            oldest = next(iter(self._sessions))
+            del self._sessions[oldest]
+            self._forget(oldest)
         sid = secrets.token_urlsafe(32)
         session = Session(principal, secrets.token_urlsafe(24), self._now() + self.ttl_s)
-        self._sessions[_digest(sid)] = session
+        digest = _digest(sid)
+        self._sessions[digest] = session
+        if self.writer is not None:
+            key, ttl_ms = self._key(digest), max(1, int(self.ttl_s * 1000))
+            value = json.dumps({"name": principal.name, "csrf": session.csrf, "expires": session.expires})
+            self.writer.submit(lambda r: r.set(key, value, px=ttl_ms))
         return sid, session
 
     def get(self, sid: str | None) -> Session | None:
@@ -352,9 +416,18 @@ class SessionStore:
         return session
 
     def delete(self, sid: str | None) -> bool:
-        return bool(sid) and self._sessions.pop(_digest(sid or ""), None) is not None
+        if not sid:
+            return False
+        digest = _digest(sid)
+        self._forget(digest)
+        return self._sessions.pop(digest, None) is not None
 
-    def _expire(self) -> None:
+    def _forget(self, digest: bytes) -> None:
+        if self.writer is not None:
+            key = self._key(digest)
+            self.writer.submit(lambda r: r.delete(key))
+
+    def _expire(self) -> None:  # Redis expires its copies by itself (the key's TTL)
         now = self._now()
         for key in [k for k, s in self._sessions.items() if s.expires <= now]:
             del self._sessions[key]

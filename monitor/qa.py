@@ -15,7 +15,19 @@
 * **QA-SCORE**: :func:`score_card`: attitude 20, norms 30, skills 50 (deductions, each section down
   to zero), bonus up to 10, any fatal error -> 0.  An appeal sends the call back for re-review.
 
-State is in memory (restart = a new week's tally); every review and appeal is in the audit trail.
+State is in memory, and in Redis when there is one (:meth:`QaService.use_redis`, the commitments'
+server; written behind through ``monitor.persist``, loaded back at start), so samples, reviews,
+appeals and the week's monitorings survive a restart.  Keys (``p`` = ``commitments.key_prefix``):
+
+=====================  ==========  ======================================================
+``p qa:sample``        hash        call id -> the sample (JSON: call, day, reasons, due,
+                                   state, reviews, appeals)
+``p qa:mon``           list        the monitorings (JSON), oldest first (last 100 000)
+``p qa:days``          set         the days sampled
+``p qa:fin:<day>``     list        the day's finished calls (JSON), expiring after ``keep_days``
+=====================  ==========  ======================================================
+
+Every review and appeal is in the audit trail too.
 """
 
 from __future__ import annotations
@@ -25,6 +37,7 @@ import contextlib
 import csv
 import datetime as dt
 import io
+import json
 import logging
 import math
 import random
@@ -34,10 +47,13 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 from zoneinfo import ZoneInfo
 
+import redis.asyncio as aioredis
+
 from config.schema import Config, QaConfig
 from monitor.audit import AuditLog
 from monitor.calls import Call
 from monitor.engine import Monitor
+from monitor.persist import RedisWriter
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +62,7 @@ SCORE_SECTIONS: Final = {"attitude": 20, "norms": 30, "skills": 50}
 MAX_BONUS: Final = 10
 SampleState = Literal["due", "reviewed", "appealed", "rereviewed"]
 MonitoringKind = Literal["random", "onsite"]
+MONITORINGS_KEPT: Final = 100_000
 
 
 class QaError(Exception):
@@ -65,6 +82,15 @@ class Finished:
     ended_wall: float = 0.0
     queue: str | None = None
     caller: str | None = None  # masked per privacy
+
+    def to_store(self) -> dict[str, Any]:
+        return {"id": self.id, "agent": self.agent, "direction": self.direction, "flags": sorted(self.flags),
+                "ended_wall": self.ended_wall, "queue": self.queue, "caller": self.caller}
+
+    @classmethod
+    def from_store(cls, d: dict[str, Any]) -> Finished:
+        return cls(str(d["id"]), str(d["agent"]), str(d["direction"]), frozenset(d.get("flags") or ()),
+                   float(d.get("ended_wall", 0.0)), d.get("queue"), d.get("caller"))
 
 
 def sample_calls(calls: Iterable[Finished], *, seed: int, day: str, inbound_ratio: float, outbound_ratio: float,
@@ -137,6 +163,15 @@ class Sample:
     def score(self) -> float | None:
         return self.reviews[-1]["score"] if self.reviews and self.state in ("reviewed", "rereviewed") else None
 
+    def to_store(self) -> dict[str, Any]:
+        return {"call": self.call.to_store(), "day": self.day, "reasons": self.reasons, "due": self.due_wall,
+                "state": self.state, "reviews": self.reviews, "appeals": self.appeals}
+
+    @classmethod
+    def from_store(cls, d: dict[str, Any]) -> Sample:
+        return cls(Finished.from_store(d["call"]), str(d["day"]), list(d.get("reasons") or []), float(d["due"]),
+                   d.get("state", "due"), list(d.get("reviews") or []), list(d.get("appeals") or []))
+
     def to_json(self, now_wall: float, tz: ZoneInfo) -> dict[str, Any]:
         c = self.call
         return {"call": c.id, "agent": c.agent, "direction": c.direction, "queue": c.queue, "caller": c.caller,
@@ -145,6 +180,14 @@ class Sample:
                 "due_local": _local(self.due_wall, tz), "state": self.state, "score": self.score,
                 "overdue": self.state in ("due", "appealed") and now_wall > self.due_wall,
                 "reviews": self.reviews, "appeals": self.appeals}
+
+
+def _str(x: str | bytes) -> str:
+    return x if isinstance(x, str) else x.decode("utf-8", "replace")
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
 
 
 def _local(wall: float, tz: ZoneInfo) -> str:
@@ -181,7 +224,68 @@ class QaService:
         self.sampled_days: set[str] = set()
         self.monitorings: list[dict[str, Any]] = []
         self._task: asyncio.Task[None] | None = None
+        self.writer: RedisWriter | None = None  # use_redis: changes written behind to Redis
+        self.prefix = "ringwatch:"
         monitor.on_record(self.on_record)
+
+    # -- persistence ---------------------------------------------------------------------------
+
+    def use_redis(self, client: aioredis.Redis, prefix: str) -> None:
+        """Keep samples, reviews, monitorings (and the last days' finished calls) in Redis; before start."""
+        self.writer = RedisWriter(client, "qa")
+        self.prefix = prefix
+
+    def _k(self, name: str) -> str:
+        return f"{self.prefix}qa:{name}"
+
+    def _save_sample(self, s: Sample) -> None:
+        if self.writer is not None:
+            key, value = self._k("sample"), _dumps(s.to_store())
+            self.writer.submit(lambda r: r.hset(key, s.call.id, value))
+
+    async def load(self) -> None:
+        """Read the state back from Redis (start; raises on a Redis failure)."""
+        assert self.writer is not None
+        r = self.writer.client
+        raw_samples = await r.hgetall(self._k("sample"))
+        samples = []
+        for cid, raw in raw_samples.items():
+            try:
+                samples.append(Sample.from_store(json.loads(raw)))
+            except (ValueError, KeyError, TypeError):
+                log.warning("qa: stored sample %s unreadable; skipped", str(cid)[:60])
+        for s in sorted(samples, key=lambda s: (s.due_wall, s.call.id)):
+            self.samples.setdefault(s.call.id, s)
+        raw_mon = await r.lrange(self._k("mon"), -MONITORINGS_KEPT, -1)
+        loaded = []
+        for raw in raw_mon:
+            with contextlib.suppress(ValueError):
+                m = json.loads(raw)
+                if isinstance(m, dict):
+                    loaded.append(m)
+        self.monitorings[:0] = loaded
+        del self.monitorings[:-MONITORINGS_KEPT]
+        days = await r.smembers(self._k("days"))
+        self.sampled_days |= {_str(d) for d in days}
+        today = dt.date.fromisoformat(self.day_of(self._wall()))
+        for back in range(self._keep_days - 1, -1, -1):
+            day = (today - dt.timedelta(days=back)).isoformat()
+            raw_fin = await r.lrange(self._k(f"fin:{day}"), 0, -1)
+            if not raw_fin:
+                continue
+            have = {c.id for c in self.finished.get(day, [])}
+            calls = []
+            for raw in raw_fin:
+                with contextlib.suppress(ValueError, KeyError, TypeError):
+                    c = Finished.from_store(json.loads(raw))
+                    if c.id not in have:
+                        calls.append(c)
+            self.finished[day] = calls + self.finished.get(day, [])
+            self.finished.move_to_end(day)
+        self.finished = OrderedDict(sorted(self.finished.items()))
+        while len(self.finished) > self._keep_days:
+            self.finished.popitem(last=False)
+        log.info("qa: loaded %d samples, %d monitorings from Redis", len(samples), len(loaded))
 
     # -- inputs --------------------------------------------------------------------------------
 
@@ -204,11 +308,31 @@ class QaService:
         self.finished.setdefault(day, []).append(c)
         while len(self.finished) > self._keep_days:
             self.finished.popitem(last=False)
+        if self.writer is not None:
+            key, value, ttl = self._k(f"fin:{day}"), _dumps(c.to_store()), (self._keep_days + 1) * 86400
+
+            async def op(r: aioredis.Redis) -> None:
+                async with r.pipeline(transaction=True) as p:
+                    p.rpush(key, value)
+                    p.expire(key, ttl)
+                    await p.execute()
+
+            self.writer.submit(op)
 
     def record_monitoring(self, agent: str, kind: MonitoringKind, by: str, call_id: str, wall: float) -> None:
-        self.monitorings.append({"agent": agent, "kind": kind, "by": by, "call": call_id, "at": round(wall, 3),
-                                 "week": self.week_of(wall)})
-        del self.monitorings[:-100_000]
+        m = {"agent": agent, "kind": kind, "by": by, "call": call_id, "at": round(wall, 3), "week": self.week_of(wall)}
+        self.monitorings.append(m)
+        del self.monitorings[:-MONITORINGS_KEPT]
+        if self.writer is not None:
+            key, value = self._k("mon"), _dumps(m)
+
+            async def op(r: aioredis.Redis) -> None:
+                async with r.pipeline(transaction=True) as p:
+                    p.rpush(key, value)
+                    p.ltrim(key, -MONITORINGS_KEPT, -1)
+                    await p.execute()
+
+            self.writer.submit(op)
 
     # -- sampling ------------------------------------------------------------------------------
 
@@ -222,8 +346,12 @@ class QaService:
             s = self.samples.get(c.id)
             if s is None:
                 s = self.samples[c.id] = Sample(c, day, reasons, c.ended_wall + self.q.review_within_days * 86400)
+                self._save_sample(s)
             out.append(s)
         self.sampled_days.add(day)
+        if self.writer is not None:
+            days_key = self._k("days")
+            self.writer.submit(lambda r: r.sadd(days_key, day))
         log.info("qa: sampled %d of %d calls of %s", len(out), len(self.finished.get(day, [])), day)
         return out
 
@@ -258,6 +386,7 @@ class QaService:
         result.update({"by": by, "at": round(self._wall(), 3), "re_review": s.state == "appealed"})
         s.reviews.append(result)
         s.state = "rereviewed" if s.state == "appealed" else "reviewed"
+        self._save_sample(s)
         self.audit.record(by, "qa.review", call_id, {"agent": s.call.agent, "score": result["score"],
                                                       "fatal": result["fatal"], "re_review": result["re_review"]})
         return s
@@ -269,6 +398,7 @@ class QaService:
                           "can be appealed")
         s.appeals.append({"by": by, "at": round(self._wall(), 3), "reason": reason})
         s.state = "appealed"
+        self._save_sample(s)
         self.audit.record(by, "qa.appeal", call_id, {"agent": s.call.agent, "reason": reason[:500]})
         return s
 
@@ -299,6 +429,12 @@ class QaService:
     # -- the daily run -------------------------------------------------------------------------
 
     async def start(self) -> None:
+        if self.writer is not None:
+            try:
+                await self.load()
+            except Exception as e:  # Redis down at start: carry on in memory; changes are still written behind
+                log.error("qa: could not load the QA state from Redis (%s); starting without it", type(e).__name__)
+            await self.writer.start()
         self._task = asyncio.create_task(self._daily(), name="qa-daily-sample")
 
     async def stop(self) -> None:
@@ -307,6 +443,8 @@ class QaService:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        if self.writer is not None:
+            await self.writer.stop()
 
     def next_run(self, now_wall: float) -> float:
         h, m = (int(x) for x in self.q.sample_at.split(":"))

@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Final, Literal, get_args
 
+from alerts.model import Alert
 from config.schema import UiConfig
 from monitor.audit import AuditLog
 from monitor.auth import Principal
@@ -87,6 +88,15 @@ def in_scope(principal: Principal, ui: UiConfig, queue: str | None, agent: str |
     if principal.teams is None:
         return True
     return bool(principal.teams & call_teams(ui, queue, agent))
+
+
+def alert_in_scope(principal: Principal, ui: UiConfig, alert: Alert) -> bool:
+    """May ``principal`` see / ack / resolve ``alert``?  Its agent's or queue's team must be one of the
+    principal's; an alert with neither agent nor queue (a line down, an inspection) is centre-wide:
+    everyone's.  A principal without teams (tokens, admins, QA unless ``ui.qa_team_scoped``) sees all."""
+    if principal.teams is None or (not alert.agent and not alert.queue):
+        return True
+    return in_scope(principal, ui, alert.queue, alert.agent)
 
 
 class SpyService:

@@ -88,9 +88,12 @@ class UiRuntime:
     failures: dict[str, tuple[int, float]] = field(default_factory=dict)  # name -> (failures, locked until)
 
     def use_redis(self, client: Any, prefix: str) -> None:
-        """Write the audit trail to Redis (the commitments' server) instead of memory; before start."""
+        """Keep the audit trail, the QA state and the browser sessions in Redis (the commitments'
+        server) instead of memory only; before start."""
         self.audit.client = client
         self.audit.key = audit_key(prefix)
+        self.qa.use_redis(client, prefix)
+        self.sessions.use_redis(client, prefix, self.users)
 
     def set_originate(self, originate: Originate | None) -> None:
         self.spy.originate = originate
@@ -131,7 +134,8 @@ def add_ui(app: web.Application) -> UiRuntime:
     spy = SpyService(cfg.ui, monitor, audit, None, wall)
     qa = QaService(cfg, monitor, audit, wall)
     spy.on_monitoring(qa.record_monitoring)
-    rt = UiRuntime(cfg, UserDirectory(cfg.ui.users), sessions, audit, wallboard, publisher, spy, qa)
+    users = UserDirectory(cfg.ui.users, qa_team_scoped=cfg.ui.qa_team_scoped)
+    rt = UiRuntime(cfg, users, sessions, audit, wallboard, publisher, spy, qa)
     app[UI] = rt
 
     spy.on_change(lambda s: _push_spy(ws_hub, cfg, s))
@@ -140,6 +144,7 @@ def add_ui(app: web.Application) -> UiRuntime:
         hub.add_sink(audit)
         if audit.client is not None:
             await audit.start()
+        await sessions.start()
         await publisher.start()
         await qa.start()
         try:
@@ -147,6 +152,7 @@ def add_ui(app: web.Application) -> UiRuntime:
         finally:
             await qa.stop()
             await publisher.stop()
+            await sessions.stop()
             hub.remove_sink(audit)
             await audit.stop()
 

@@ -11,8 +11,10 @@ Routes (every error is JSON: ``{"error": code, "message": {"zh", "en"}}``):
 * ``GET /healthz`` (no token): ``{status: ok|degraded, ami_connected, live_calls}``
 * ``GET /metrics`` (``metrics:read``; no token when ``http.metrics_require_token`` is false)
 * ``GET /ws`` (any role): live alerts, see ``alerts.ws``
-* ``GET /api/v1/alerts?state=open|acked|resolved&kind=violation|notice&limit=N`` (``alerts:read``)
-* ``POST /api/v1/alerts/{id}/ack`` and ``.../resolve`` (``alerts:ack``): 404 unknown id, 409 wrong state
+* ``GET /api/v1/alerts?state=open|acked|resolved&kind=violation|notice&limit=N`` (``alerts:read``):
+  a principal with teams (a supervisor) sees its teams' alerts only (``monitor.spy.alert_in_scope``)
+* ``POST /api/v1/alerts/{id}/ack`` and ``.../resolve`` (``alerts:ack``): 404 unknown id, 403 another
+  team's alert, 409 wrong state
 * ``GET /api/v1/calls`` (``calls:read``): live calls, callers masked per ``privacy``
 * ``GET /api/v1/agents`` (``agents:read``): agents and their states
 
@@ -44,7 +46,7 @@ from monitor.auth import TokenStore, authorize, json_error
 from monitor.engine import DispositionError, Monitor
 from monitor.lines_api import add_lines_routes
 from monitor.metrics import LinkStats, Metrics
-from monitor.spy import agent_teams, in_scope
+from monitor.spy import agent_teams, alert_in_scope, in_scope
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +114,7 @@ def build_app(monitor: Monitor, hub: AlertHub, cfg: Config, registry: CollectorR
         metrics.attach(monitor, link_stats)
     tokens = tokens if tokens is not None else TokenStore.from_config(cfg.auth)
     ws_hub = ws_hub if ws_hub is not None else WebSocketHub(hub, tokens, cfg.http)
+    ws_hub.scope = lambda principal, alert: alert_in_scope(principal, cfg.ui, alert)  # team scoping
     webhooks = [WebhookSink(w, session_factory) for w in cfg.alerts.webhooks]
     registry.register(_SinkCollector(ws_hub, webhooks))
     chats = chat_sinks(cfg.alerts.chat, session_factory, zone=cfg.timezone)
@@ -239,7 +242,7 @@ def _bad_query(name: str, zh_hint: str, en_hint: str) -> web.HTTPException:
 
 async def list_alerts(request: web.Request) -> web.Response:
     app = request.app
-    authorize(request, app[TOKENS], "alerts:read")
+    principal = authorize(request, app[TOKENS], "alerts:read")
     q = request.query
     unknown = set(q) - {"state", "kind", "limit"}
     if unknown:
@@ -259,7 +262,9 @@ async def list_alerts(request: web.Request) -> web.Response:
             limit = -1
         if not 1 <= limit <= MAX_LIMIT:
             raise _bad_query("limit", f"应为 1 到 {MAX_LIMIT} 的整数", f"expected an integer 1..{MAX_LIMIT}")
-    alerts = [a for a in app[ALERTS].alerts(state) if kind is None or a.kind == kind]
+    ui = app[CONFIG].ui
+    alerts = [a for a in app[ALERTS].alerts(state)
+              if (kind is None or a.kind == kind) and alert_in_scope(principal, ui, a)]  # own teams only
     shown = alerts[-limit:]
     return _json({"alerts": [a.to_json() for a in shown], "count": len(shown), "total": len(alerts)})
 
@@ -272,6 +277,9 @@ async def _change(request: web.Request, action: str) -> web.Response:
     alert = hub.get(alert_id)
     if alert is None:
         raise json_error(web.HTTPNotFound, "not_found", f"告警 {alert_id[:40]} 不存在", f"no alert {alert_id[:40]}")
+    if not alert_in_scope(principal, app[CONFIG].ui, alert):
+        raise json_error(web.HTTPForbidden, "forbidden", f"告警 {alert_id} 不属于你的班组",
+                         f"alert {alert_id} belongs to another team")
     try:
         alert = hub.ack(alert_id, principal.name) if action == "ack" else hub.resolve(alert_id, principal.name)
     except AlertError:
