@@ -52,6 +52,8 @@ from alerts.model import Alert, Severity
 from config.schema import CommitmentKindConfig, Config
 from monitor.calls import Call
 from monitor.clock import Clock, Timer
+from monitor.dnc import InvalidNumber
+from monitor.dnc import normalize_number as dnc_normalize
 from monitor.privacy import mask_number
 from monitor.store import Change, CommitmentStore, Conflict, Duplicate, Stored, StoreUnavailable
 from monitor.workcal import WorkCalendar
@@ -104,13 +106,13 @@ class WrongState(CommitmentError):
 
 
 def normalize_number(number: str) -> str:
-    """Digits only, China's country code dropped: ``+86 139-1234-5678`` -> ``13912345678``."""
-    digits = "".join(c for c in number if c.isdigit())
-    if digits.startswith("0086"):
-        digits = digits[4:]
-    elif digits.startswith("86") and len(digits) == 13:
-        digits = digits[2:]
-    return digits
+    """One customer, one form — the DNC list's normalisation (``+86``, ``0086``, the trunk ``0``,
+    spaces and dashes): ``+86 139-1234-5678`` and ``013912345678`` -> ``13912345678``.
+    Something that is no phone number keeps just its digits."""
+    try:
+        return dnc_normalize(number)
+    except InvalidNumber:
+        return "".join(c for c in number if c.isdigit())
 
 
 def _phrase_regex(phrase: str) -> str:
@@ -290,7 +292,8 @@ class CommitmentService:
         self.clock = clock
         self.hub = hub
         self.tz = ZoneInfo(cfg.timezone)
-        self.calendar = calendar or WorkCalendar(cfg.timezone, self.ccfg.work_hours)
+        self.calendar = calendar or WorkCalendar(cfg.timezone, self.ccfg.work_hours,
+                                                 overrides_files=cfg.outbound.calendar_overrides)
         self._escalate_s = self.ccfg.escalate_after_min * 60
         self._wake = asyncio.Event()  # the scheduler's
         self._retry = asyncio.Event()  # the pending worker's
