@@ -1,7 +1,11 @@
-"""``ringwatch demo``: the demo PBX (recordings over real AMI) + the daemon + HTTP.
+"""``ringwatch demo``: a simulated call centre over real AMI + the daemon (+ its embedded Redis) + HTTP.
 
-A newcomer sees alerts in the terminal and on the websocket, and metrics on
-``/metrics``, within a minute.  Ctrl-C stops everything cleanly.
+By default the PBX is the call-centre simulator (``telephony.ami.simulator``:
+Poisson callers, agents, transfers, outbound dials, dispositions, recordings
+and a share of rule misses, speaking Asterisk 22 AMI); ``--recordings`` plays
+the real Asterisk 22 recordings in a loop instead.  A newcomer sees alerts in
+the terminal and on the websocket, and metrics on ``/metrics``, within a
+minute.  Ctrl-C (or SIGTERM) stops everything cleanly.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from alerts.hub import AlertChange
 from config.schema import Config
 from monitor.auth import TokenStore
 from monitor.daemon import Daemon, wait_for_signal
-from telephony.ami.adapter import DemoPbx
+from telephony.ami.adapter import DemoPbx, SimulatedPbx, demo_simulator
 
 
 class ConsoleSink:
@@ -35,13 +39,23 @@ class ConsoleSink:
         self.stream.flush()
 
 
-async def run_demo(cfg: Config, speed: float = 1.0, loops: int = 0, stream: TextIO = sys.stdout) -> int:
+async def run_demo(cfg: Config, speed: float = 1.0, loops: int = 0, stream: TextIO = sys.stdout,
+                   recordings: bool = False, seed: int = 1, rate: float = 5.0) -> int:
+    """``recordings``: the recorded-calls loop (``loops`` times, 0 = forever); else the simulator
+    (``seed``, ``rate`` inbound calls per minute).  ``speed``: simulated seconds per real second."""
     ami_secret = secrets.token_urlsafe(16)  # shared by the demo PBX and the daemon, never shown
-    pbx = DemoPbx(username=cfg.pbx.ami.username, secret=ami_secret, speed=speed, loops=loops)
+    pbx: DemoPbx | SimulatedPbx
+    if recordings:
+        pbx = DemoPbx(username=cfg.pbx.ami.username, secret=ami_secret, speed=speed, loops=loops)
+        what, first = "recorded Asterisk 22 calls replayed over AMI", 28.0
+    else:
+        pbx = SimulatedPbx(demo_simulator(seed, rate), username=cfg.pbx.ami.username, secret=ami_secret,
+                           speed=speed)
+        what, first = f"simulated call centre, {rate:g} calls/min, seed {seed}, over AMI", 17.0
     token = os.environ.get("RINGWATCH_ADMIN_TOKEN") or secrets.token_urlsafe(18)
     tokens = TokenStore.from_config(cfg.auth, env={**os.environ, "RINGWATCH_ADMIN_TOKEN": token})
     await pbx.start()
-    # the daemon's clock runs at the demo's speed, so a 15 s limit is 15 s of recorded time
+    # the daemon's clock runs at the demo's speed, so a 15 s limit is 15 s of the PBX's time
     daemon = Daemon(cfg, tokens, clock_scale=speed, host=pbx.host, port=pbx.port, secret=ami_secret)
     try:
         await daemon.start()
@@ -49,9 +63,17 @@ async def run_demo(cfg: Config, speed: float = 1.0, loops: int = 0, stream: Text
         daemon.hub.add_sink(ConsoleSink(stream))
         base = f"http://{cfg.http.host}:{daemon.http_port}"
         shown = token if "RINGWATCH_ADMIN_TOKEN" not in os.environ else "$RINGWATCH_ADMIN_TOKEN"
+        store = "off (commitments.enabled: false)"
+        if daemon.commitments is not None:
+            embedded = daemon.commitments.embedded
+            if embedded is not None:
+                store = f"embedded Redis in {embedded.dir}"
+            else:
+                store = "redis.url" if cfg.redis.url else "unavailable (see the log)"
         stream.write(
-            "\nringwatch demo — 实时话务监控演示 (recorded Asterisk 22 calls replayed over AMI)\n"
+            f"\nringwatch demo — 实时话务监控演示 ({what})\n"
             f"  demo PBX (AMI)       127.0.0.1:{pbx.port}\n"
+            f"  commitments store    {store}\n"
             f"  health               {base}/healthz\n"
             f"  metrics              {base}/metrics\n"
             f"  live calls           {base}/api/v1/calls\n"
@@ -59,7 +81,7 @@ async def run_demo(cfg: Config, speed: float = 1.0, loops: int = 0, stream: Text
             f"  websocket (alerts)   ws://{cfg.http.host}:{daemon.http_port}/ws\n"
             f"  admin token (demo)   {shown}\n"
             f"  try: curl -H 'Authorization: Bearer {shown}' {base}/api/v1/calls\n"
-            f"  Alerts appear below as they fire (the first ~{28 / speed:.0f} s in). Ctrl-C stops.\n\n"
+            f"  Alerts appear below as they fire (the first ~{first / speed:.0f} s in). Ctrl-C stops.\n\n"
         )
         stream.flush()
         await wait_for_signal()

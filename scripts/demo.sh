@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job (README): installs ringwatch into .venv, then runs the demo:
-# a loopback PBX serving real Asterisk recordings over AMI, the daemon attached
-# to it, and the HTTP server (websocket alerts, /metrics). Ctrl-C stops it.
+# a simulated call centre speaking Asterisk AMI on loopback (or, with --recordings,
+# the real Asterisk recordings in a loop), the daemon attached to it, and the HTTP
+# server (websocket alerts, /metrics). Ctrl-C stops it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}

@@ -28,7 +28,11 @@ class TraceItem:
 
 
 def read_trace(path: str | Path) -> Iterator[TraceItem]:
+    """Items of a ``.jsonl`` trace, or of a raw byte capture (``.raw``: see :func:`read_raw`)."""
     p = Path(path)
+    if p.suffix == ".raw":
+        yield from read_raw(p)
+        return
     try:
         fh = p.open(encoding="utf-8")
     except OSError as e:
@@ -76,3 +80,46 @@ def renumber(pairs: tuple[tuple[str, str], ...], copy: int) -> tuple[tuple[str, 
             val = _CHAN_SUFFIX.sub(lambda m: f"-{copy:05x}{m.group(1)}{m.group(2) or ''}", val)
         out.append((key, val))
     return tuple(out)
+
+
+RAW_CHUNK = 1 << 20
+
+
+def read_raw(path: str | Path) -> Iterator[TraceItem]:
+    """A raw AMI byte capture (``.raw``: exactly the bytes a monitor socket received) as trace items.
+
+    Time follows the events' ``Timestamp`` headers (``timestampevents = yes``), in seconds from
+    the first one; a message without one keeps the time of the message before it, so a capture
+    without timestamps plays with the clock standing still.  The capture's end is the link
+    closing (an ``eof`` item).
+    """
+    from telephony.ami.codec import AmiDecoder, Banner  # the codec is sans-I/O: bytes in, messages out
+
+    p = Path(path)
+    try:
+        fh = p.open("rb")
+    except OSError as e:
+        raise TraceError(f"cannot open capture {p}: {e.strerror}") from e
+    decoder = AmiDecoder()
+    origin: float | None = None
+    t = 0.0
+    with fh:
+        while chunk := fh.read(RAW_CHUNK):
+            for m in decoder.feed(chunk):
+                if isinstance(m, Banner):
+                    yield TraceItem(t, "banner", text=m.text)
+                    continue
+                ts = m.get("Timestamp")
+                if ts is not None:
+                    try:
+                        value = float(ts)
+                    except ValueError:
+                        value = None
+                    if value is not None:
+                        if origin is None:
+                            origin = value
+                        t = max(t, value - origin)
+                yield TraceItem(t, "msg", m.pairs)
+    if decoder.buffered:
+        raise TraceError(f"{p}: the capture ends inside a message ({decoder.buffered} bytes)")
+    yield TraceItem(t, "eof")
