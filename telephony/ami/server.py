@@ -745,6 +745,8 @@ async def replay_trace_tcp(
             try:
                 async with asyncio.timeout(budget):
                     await server.finished()
+                    if server.logins and not client.stats.connects:
+                        await client.wait_connected()  # the whole trace fell within the login
                     if server.ended_with_eof and client.connected:
                         await link_down.wait()  # the final EOF reaches the tracker
             except TimeoutError:

@@ -852,6 +852,7 @@ class AmiTracker:
                     if ring is not None:
                         self._connect(call, dest, ring.agent, ring.queue, ring.leg_id, now)
         # adopt queue callers first, then their agent legs
+        bridged: dict[str, list[Message]] | None = None
         for m in channels:
             uid = m.get("Uniqueid") or ""
             if m.get("Application") != "Queue" or uid in self._by_uid:
@@ -872,7 +873,12 @@ class AmiTracker:
             added += 1
             if m.get("BridgeId"):
                 # already talking: find the member leg in the same bridge
-                self._adopt_connected(call, m, channels, now)
+                if bridged is None:  # built once per reconcile: O(channels), not calls x channels
+                    bridged = {}
+                    for c in channels:
+                        if c.get("BridgeId"):
+                            bridged.setdefault(c.get("BridgeId") or "", []).append(c)
+                self._adopt_connected(call, m, bridged, now)
         for m in channels:
             if m.get("Application") != "AppQueue" or m.get("ChannelStateDesc") not in ("Ringing", "Ring"):
                 continue
@@ -886,10 +892,9 @@ class AmiTracker:
             self._start_ring(owner, name, m.get("Uniqueid") or name, agent, owner.queue, now, since)
         self._emit(ResyncDone(now, len(self.calls), closed, added))
 
-    def _adopt_connected(self, call: _Call, caller: Message, channels: list[Message], now: float) -> None:
-        bridge = caller.get("BridgeId")
-        for m in channels:
-            if m is caller or m.get("BridgeId") != bridge:
+    def _adopt_connected(self, call: _Call, caller: Message, bridged: dict[str, list[Message]], now: float) -> None:
+        for m in bridged.get(caller.get("BridgeId") or "", ()):
+            if m is caller:
                 continue
             name = m.get("Channel") or ""
             agent = self._members.get(channel_base(name))
