@@ -22,6 +22,7 @@ decoded: only the event name is looked at.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -32,6 +33,9 @@ EOL = b"\r\n"
 _EVENT_PREFIX = b"Event: "
 _FOLLOWS_PREFIX = b"Response: Follows"
 _END_COMMAND = b"--END COMMAND--"
+_FOLLOWS_TEXT = "Response: Follows"
+#: one header line: the key runs to the first colon; one optional space; the value to the line's end
+_HEADER = re.compile(r"^([^:\r\n]+):[ ]?([^\r\n]*)", re.MULTILINE)
 
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024
 
@@ -240,7 +244,16 @@ class AmiDecoder:
             self.stats.undecodable += 1
             log.warning("ami.codec: undecodable message (%d bytes) skipped", len(frame))
             return None
-        pairs: list[tuple[str, str]] = []
+        if not text.startswith(_FOLLOWS_TEXT):
+            # the common case, in C: every "Key: value" line (lines without a colon carry nothing)
+            pairs = _HEADER.findall(text)
+            if pairs and " " not in pairs[0][0] and text.startswith(pairs[0][0]):
+                self.stats.messages += 1
+                return Message(pairs)
+            self.stats.garbage += 1
+            log.warning("ami.codec: frame without headers (%d bytes) skipped", len(frame))
+            return None
+        pairs = []
         for line in text.split("\r\n"):
             key, sep, value = line.partition(":")
             if sep and key and " " not in key:
