@@ -35,7 +35,6 @@ import functools
 import hashlib
 import itertools
 import logging
-import random
 import secrets
 import time
 from collections import deque
@@ -44,6 +43,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from telephony.ami.codec import DEFAULT_MAX_MESSAGE_BYTES, AmiDecoder, Banner, DecoderStats, Message, encode_action
+from telephony.backoff import backoff as backoff
 
 if TYPE_CHECKING:
     from config.schema import AmiConfig
@@ -95,24 +95,6 @@ class AmiActionError(AmiError):
 # -- backoff -------------------------------------------------------------------------
 
 
-def backoff(
-    initial: float = 0.5,
-    maximum: float = 30.0,
-    factor: float = 2.0,
-    rng: Callable[[], float] = random.random,
-) -> Iterator[float]:
-    """Reconnect delays: a random first delay in ``[0, initial]``, then capped
-    exponential growth with full jitter (each delay uniform in ``[0, cap]``).
-
-    Models: websockets ``client.py`` ``backoff()``, redis-py ``backoff.py``
-    (``FullJitterBackoff``).  Infinite; the client starts a fresh one after
-    every good login.
-    """
-    yield rng() * initial
-    cap = initial
-    while True:
-        cap = min(cap * factor, maximum)
-        yield rng() * cap
 
 
 # -- public state ----------------------------------------------------------------------

@@ -38,7 +38,6 @@ import asyncio
 import contextlib
 import functools
 import logging
-import random
 import time
 import uuid
 from collections import deque
@@ -46,6 +45,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from telephony.backoff import backoff as backoff
 from telephony.esl.codec import (
     DEFAULT_MAX_FRAME_BYTES,
     DecoderStats,
@@ -106,20 +106,6 @@ class EslCommandError(EslError):
 # -- backoff -------------------------------------------------------------------------
 
 
-def backoff(
-    initial: float = 0.5,
-    maximum: float = 30.0,
-    factor: float = 2.0,
-    rng: Callable[[], float] = random.random,
-) -> Iterator[float]:
-    """Reconnect delays: a random first delay in ``[0, initial]``, then capped exponential
-    growth with full jitter (each delay uniform in ``[0, cap]``).  Infinite; the client
-    starts a fresh one after every good login."""
-    yield rng() * initial
-    cap = initial
-    while True:
-        cap = min(cap * factor, maximum)
-        yield rng() * cap
 
 
 # -- public state ----------------------------------------------------------------------
