@@ -74,6 +74,8 @@ async def run_demo(cfg: Config, speed: float = 1.0, loops: int = 0, stream: Text
             f"\nringwatch demo — 实时话务监控演示 ({what})\n"
             f"  demo PBX (AMI)       127.0.0.1:{pbx.port}\n"
             f"  commitments store    {store}\n"
+            f"  wallboard            {base}/wallboard#token={shown}\n"
+            f"  console / QA         {base}/console  {base}/qa  (log in with a ui.users account)\n"
             f"  health               {base}/healthz\n"
             f"  metrics              {base}/metrics\n"
             f"  live calls           {base}/api/v1/calls\n"
