@@ -296,3 +296,55 @@ def test_agent_state_follows_the_call_even_when_the_pbx_says_only_in_use() -> No
     p.complete(20.0, "c1", "7001", "a1", "caller")
     p.caller_hangs_up(20.0, "c1")
     assert p.monitor.agents["坐席7001"].state == "available"
+
+
+def test_redirect_of_the_bridged_caller_is_a_blind_transfer() -> None:
+    """AMI Redirect (no BlindTransfer event): the caller leaves the agent's bridge alive, the agent's
+    leg is hung up by the PBX, then the caller joins another queue."""
+    p = Pbx()
+    answered_call(p, 0.0)
+    p.ev(10.0, "BridgeLeave", Channel=ch("trunk", "c1"), Uniqueid="c1", Linkedid="c1", BridgeUniqueid="br1")
+    p.hangup(10.0, ch("7001", "a1"), "a1", "c1")  # plumbing, not the agent hanging up on the caller
+    p.complete(10.0, "c1", "7001", "a1", "caller")  # whatever reason app_queue gives, nobody hung up
+    p.inbound(10.01, "c1", queue="claims")
+    p.ring(10.01, "c1", "7007", "b7", queue="claims")
+    p.connect(40.0, "c1", "7007", "b7", queue="claims")
+    p.complete(60.0, "c1", "7007", "b7", "caller", queue="claims")
+    p.caller_hangs_up(60.0, "c1")
+    rec = p.record("c1")
+    [t] = rec["transfers"]
+    assert (t["kind"], t["to"], t["from_agent"], t["answered_by"]) == ("blind", "claims", "坐席7001", "坐席7007")
+    assert t["at"] == pytest.approx(10.0)
+    assert t["wait_s"] == pytest.approx(30.0)
+    assert rec["first_hangup"] == "customer"
+    assert not p.alerts("IN-HANGUP")
+
+
+def test_redirect_to_an_extension_is_answered_by_the_dialled_agent() -> None:
+    p = Pbx()
+    answered_call(p, 0.0)
+    p.ev(10.0, "BridgeLeave", Channel=ch("trunk", "c1"), Uniqueid="c1", Linkedid="c1", BridgeUniqueid="br1")
+    p.hangup(10.0, ch("7001", "a1"), "a1", "c1")
+    p.ev(12.0, "DialBegin", Channel=ch("trunk", "c1"), Uniqueid="c1", Linkedid="c1",
+         DestChannel=ch("7003", "k3"), DestUniqueid="k3", DestLinkedid="c1")
+    p.ev(17.0, "DialEnd", Channel=ch("trunk", "c1"), Uniqueid="c1", Linkedid="c1",
+         DestChannel=ch("7003", "k3"), DestUniqueid="k3", DestLinkedid="c1", DialStatus="ANSWER")
+    p.hangup(30.0, ch("7003", "k3"), "k3", "c1")  # now the new agent hangs up first
+    p.caller_hangs_up(30.0, "c1")
+    rec = p.record("c1")
+    [t] = rec["transfers"]
+    assert (t["kind"], t["completed"], t["answered_by"]) == ("blind", True, "7003")
+    assert t["wait_s"] == pytest.approx(7.0)
+    assert rec["first_hangup"] == "agent"
+
+
+def test_the_caller_hanging_up_is_not_a_redirect() -> None:
+    p = Pbx()
+    answered_call(p, 0.0)
+    p.ev(20.0, "HangupRequest", Channel=ch("trunk", "c1"), Uniqueid="c1", Linkedid="c1", Cause="16")
+    p.ev(20.0, "BridgeLeave", Channel=ch("trunk", "c1"), Uniqueid="c1", Linkedid="c1", BridgeUniqueid="br1")
+    p.complete(20.0, "c1", "7001", "a1", "caller")
+    p.hangup(20.0, ch("trunk", "c1"), "c1", "c1", request=False)
+    rec = p.record("c1")
+    assert rec["transfers"] == []
+    assert rec["first_hangup"] == "customer"

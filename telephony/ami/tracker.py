@@ -178,6 +178,8 @@ class _Call:
     xfer: _Xfer | None = None
     recorded: bool = False
     out_dest: str | None = None  # outbound: the customer leg channel
+    caller_hangup: bool = False  # a hang-up request on the caller's side was seen
+    left_bridge_at: float | None = None  # the caller left the agent's bridge with no hang-up: a Redirect?
 
 
 Emit = Callable[[DomainEvent], None]
@@ -216,6 +218,7 @@ class AmiTracker:
             "BlindTransfer",
             "AttendedTransfer",
             "BridgeEnter",
+            "BridgeLeave",
             "MusicOnHoldStart",
             "MusicOnHoldStop",
             "MixMonitorStart",
@@ -264,6 +267,7 @@ class AmiTracker:
             "BlindTransfer": self._on_blind_transfer,
             "AttendedTransfer": self._on_attended_transfer,
             "BridgeEnter": self._on_bridge_enter,
+            "BridgeLeave": self._on_bridge_leave,
             "MusicOnHoldStart": self._on_moh_start,
             "MusicOnHoldStop": self._on_moh_stop,
             "MixMonitorStart": self._on_mixmonitor,
@@ -355,6 +359,8 @@ class AmiTracker:
                     trunk=trunk_of(channel),
                 )
             )
+        if call.left_bridge_at is not None and call.xfer is None:
+            self._redirected(call, queue, now)
         call.queue = queue
         call.in_queue = True
         call.queue_connected = False
@@ -485,6 +491,8 @@ class AmiTracker:
             del self._by_agent[agent]
         call.queue_connected = False
         reason = msg.get("Reason")
+        if call.left_bridge_at is not None and not call.caller_hangup:
+            reason = "transfer"  # the caller left the bridge alive (a Redirect): nobody hung up on anybody
         if reason == "transfer":
             # The transferer leaving is not hanging up on the customer: forget its legs.
             call.pending_hangup = None
@@ -511,13 +519,19 @@ class AmiTracker:
     def _on_hangup_request(self, msg: Message, now: float) -> None:
         lid = msg.get("Linkedid")
         call = self._by_linkedid.get(lid) if lid else None
-        if call is None or not call.answered or call.first_hangup_done or call.pending_hangup:
+        if call is None:
             return
         key = local_pair(msg.get("Channel") or "")
+        if key in call.customer_keys:
+            call.caller_hangup = True
+        if not call.answered or call.first_hangup_done or call.pending_hangup:
+            return
         if key in call.customer_keys:
             side: HangupSide = "customer"
             agent = None
         elif key in call.agent_keys:
+            if call.left_bridge_at is not None:
+                return  # the caller was redirected away: the agent's leg ending now is plumbing
             side = "agent"
             agent = call.agent_keys[key]
         else:
@@ -648,6 +662,8 @@ class AmiTracker:
                 return
             leg = msg.get("DestUniqueid") or dest
             if chan and local_pair(chan) in call.customer_keys:
+                if call.left_bridge_at is not None and call.xfer is None:
+                    self._redirected(call, agent, now)
                 self._start_ring(call, dest, leg, agent, None, now, now)  # the caller dials an extension
             elif call.xfer is None and call.answered and call.hold_since is not None:
                 # the agent consults a colleague while the caller waits on hold: an attended transfer
@@ -722,6 +738,7 @@ class AmiTracker:
         call = self._by_uid.get(uid)
         if call is not None:
             call.bridge = bridge
+            call.left_bridge_at = None
             return
         lid = msg.get("Linkedid")
         call = self._by_linkedid.get(lid) if lid else None
@@ -731,6 +748,26 @@ class AmiTracker:
         agent = self._agent_for_channel(chan)
         if agent is not None and chan not in call.rings:
             self._transfer_answered(call, chan, agent, now)
+
+    def _on_bridge_leave(self, msg: Message, now: float) -> None:
+        """The caller leaving the agent's bridge with nobody hanging up is a Redirect (a blind
+        transfer done with AMI ``Redirect``): confirmed when the caller next joins a queue or dials."""
+        call = self._by_uid.get(msg.get("Uniqueid") or "")
+        if (call is None or call.direction != "inbound" or not call.answered or call.in_queue
+                or call.xfer is not None or call.caller_hangup or call.pending_hangup is not None
+                or call.first_hangup_done):
+            return
+        call.left_bridge_at = now
+
+    def _redirected(self, call: _Call, to: str, now: float) -> None:
+        """Confirm a Redirect as a blind transfer handed off when the caller left the bridge."""
+        since = call.left_bridge_at if call.left_bridge_at is not None else now
+        call.left_bridge_at = None
+        from_agent = call.connected_agent
+        for key in [k for k, a in call.agent_keys.items() if a == from_agent]:
+            del call.agent_keys[key]
+        call.xfer = _Xfer("blind", since)
+        self._emit(TransferStarted(now, call.call_id, "blind", since, from_agent, to))
 
     def _transfer_answered(self, call: _Call, chan: str, agent: str, now: float) -> None:
         call.xfer = None
