@@ -74,7 +74,8 @@ def test_every_alert_has_cases_that_fire_and_cases_that_stay_quiet() -> None:
                 bucket[case["alertname"]] = bucket.get(case["alertname"], 0) + 1
     alerts = set(_rules())
     assert alerts == {"RingwatchScrapeFailing", "RingwatchAmiLinkDown", "RingwatchNoAmiEvents",
-                      "RingwatchServiceLevelLow", "RingwatchWebhookDeliveryFailing", "RingwatchChatDeliveryFailing"}
+                      "RingwatchServiceLevelLow", "RingwatchWebhookDeliveryFailing", "RingwatchChatDeliveryFailing",
+                      "RingwatchCommitmentsOverdueRising"}
     assert set(fire) == alerts, f"alerts never expected to fire: {alerts - set(fire)}"
     assert set(quiet) == alerts, f"alerts never expected to stay quiet: {alerts - set(quiet)}"
 
@@ -83,6 +84,8 @@ def test_every_alert_has_cases_that_fire_and_cases_that_stay_quiet() -> None:
     (("< 0.8", "< 0.4"), "RingwatchServiceLevelLow"),  # a looser target: support's 50 % no longer fires
     (("for: 2m", "for: 0m"), "RingwatchScrapeFailing"),  # no grace: fires on the first failed scrape
     (('state=~"available|ringing|talking|paused"', 'state=~".+"'), "RingwatchNoAmiEvents"),  # offline counts
+    (("delta(ringwatch_commitments_overdue[1h])) > 0", "delta(ringwatch_commitments_overdue[1h])) >= 0"),
+     "RingwatchCommitmentsOverdueRising"),  # a steady backlog would page too
 ])
 def test_the_unit_tests_catch_a_broken_rule(promtool: str, tmp_path: Path, mutation: tuple[str, str],
                                             alert: str) -> None:
