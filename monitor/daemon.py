@@ -76,8 +76,7 @@ class Daemon:
         ui = app[UI]  # the web UI: audit trail in the commitments' Redis; listen/whisper/barge through the PBX
         if self.commitments is not None and self.commitments.store is not None:
             ui.use_redis(self.commitments.store.client, cfg.commitments.key_prefix)
-        if isinstance(pbx, AsteriskAdapter):
-            ui.set_originate(pbx.spy)
+        ui.set_originate(pbx.spy)  # ChanSpy on Asterisk, eavesdrop on FreeSWITCH
         if cfg.outbound.enabled:  # the DNC list in the commitments' Redis when there is one (else its own)
             self.outbound = OutboundRuntime(cfg, clock, monitor, self.registry)
             await self.outbound.start(app, self.commitments.store.client

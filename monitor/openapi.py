@@ -100,7 +100,8 @@ def document() -> Schema:
                                                            "tag": _STR, "note": {"type": "string", "maxLength": 2000},
                                                            "complaint": {"type": "boolean"}}, ["tag"]),
                                                        errors=(400, 404, 422))},
-        "/api/v1/calls/{id}/spy": {"post": _op("Listen / whisper / barge: ring my phone into the call (ChanSpy)",
+        "/api/v1/calls/{id}/spy": {"post": _op("Listen / whisper / barge: ring my phone into the call "
+                                               "(ChanSpy / eavesdrop)",
                                                "calls:spy", created, params=[_path()], body=_body({
                                                    "mode": {"type": "string", "enum": ["listen", "whisper", "barge"]},
                                                    "qa": {"type": "string", "enum": ["random", "onsite"]},

@@ -114,6 +114,9 @@ class SpyService:
         self._ids = itertools.count(1)
         self._listeners: list[MonitoringListener] = []
         self._changes: list[Callable[[SpySession], None]] = []
+        #: sessions whose originate is in flight -> the PBX's events for them meanwhile (a fast
+        #: failure or start can come before the originate returns: replayed after spy.request)
+        self._in_flight: dict[str, list[SpyStarted | SpyStopped]] = {}
         monitor.on_event(self.on_event)
 
     def on_monitoring(self, listener: MonitoringListener) -> None:
@@ -158,19 +161,27 @@ class SpyService:
         s = SpySession(f"S{next(self._ids)}", principal.name, target, call_id, m, kind, principal.phone, self._wall())
         self._keep_session(s)
         details = {"mode": m, "agent": target, "qa": kind, "spy": s.id}
+        self._in_flight[s.id] = []
         try:
             s.channel = await self.originate(principal.phone, call_id, target, m, self.ui.spy_options, s.id)
         except LookupError:
+            self._in_flight.pop(s.id, None)
             s.state = "failed"
             self.audit.record(principal.name, "spy.failed", call_id, {**details, "reason": "no_channel"})
             raise SpyError(409, "no_channel", "找不到该坐席在此通话中的话路",
                            "the agent has no channel in this call") from None
         except Exception as e:
+            self._in_flight.pop(s.id, None)
             s.state = "failed"
             self.audit.record(principal.name, "spy.failed", call_id, {**details, "reason": type(e).__name__})
             log.warning("spy %s by %s failed: %s", s.id, principal.name, type(e).__name__)
             raise SpyError(502, "pbx_refused", "PBX 未能发起监听", "the PBX did not start the call") from None
+        except BaseException:  # cancelled: nothing more is recorded for it
+            self._in_flight.pop(s.id, None)
+            raise
         self.audit.record(principal.name, "spy.request", call_id, details)
+        for ev in self._in_flight.pop(s.id, []):
+            self.on_event(ev)
         return s
 
     def _keep_session(self, s: SpySession) -> None:
@@ -183,6 +194,10 @@ class SpyService:
 
     def on_event(self, ev: DomainEvent) -> None:
         if not isinstance(ev, SpyStarted | SpyStopped) or ev.spy_id is None:
+            return
+        held = self._in_flight.get(ev.spy_id)
+        if held is not None:
+            held.append(ev)
             return
         s = self.sessions.get(ev.spy_id)
         if s is None:

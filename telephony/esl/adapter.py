@@ -3,7 +3,9 @@ the rest of ringwatch imports.  Everything here speaks domain events outward."""
 
 from __future__ import annotations
 
+import logging
 import re
+import uuid
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
@@ -19,9 +21,12 @@ from telephony.esl.trace import is_esl_trace as is_esl_trace
 from telephony.esl.tracker import FsChannelRules, FsTracker, is_resync_command
 from telephony.events import DomainEvent
 
+log = logging.getLogger(__name__)
+
 EavesdropMode = Literal["listen", "whisper", "barge"]
 _UUID = re.compile(r"^[0-9A-Za-z][0-9A-Za-z-]{0,63}$")
 _DIAL = re.compile(r"^[^\s{}\[\]<>,'\"]+$")
+_SPY_ID = re.compile(r"^[\w.-]{1,40}$")
 
 
 def load_esl_trace(path: str | Path) -> list[EslTraceItem]:
@@ -167,6 +172,36 @@ class FreeSwitchAdapter:
     async def wait_connected(self) -> None:
         await self.client.wait_connected()
 
+    async def spy(self, supervisor_dial: str, call_id: str, agent: str, mode: EavesdropMode,
+                  options: str = "", spy_id: str | None = None) -> str:
+        """Ring the supervisor's own phone (``supervisor_dial``, a dial string: ``user/8001``,
+        ``sofia/internal/8001@pbx``) into ``eavesdrop`` on ``agent``'s leg of call ``call_id``:
+        ``listen`` (silent), ``whisper`` (the agent hears the supervisor, the customer does not) or
+        ``barge`` (both hear); see :func:`eavesdrop_command`.  The same surface as
+        ``AsteriskAdapter.spy``; ``options`` (ChanSpy letters) mean nothing to FreeSWITCH and are
+        ignored.  ``spy_id`` comes back on the SpyStarted / SpyStopped events (the supervisor's
+        channel executing ``eavesdrop``, its hang-up; a failed originate stops it).
+
+        Returns the spied leg's Unique-ID once FreeSWITCH accepted the ``bgapi originate`` (the
+        supervisor's phone is still ringing).  :class:`LookupError` when the agent has no leg in
+        that call; ``ValueError`` for a dial string that is not one, ``EslError`` / ``TimeoutError``
+        when FreeSWITCH refuses or does not answer."""
+        target = self.tracker.agent_channel(call_id, agent)
+        if target is None:
+            raise LookupError(f"{agent} has no channel in call {call_id}")
+        channel = str(uuid.uuid4())  # the supervisor's channel: its events are known by it
+        job = str(uuid.uuid4())
+        command = eavesdrop_command(target, supervisor_dial, mode, caller_id_name=f"ringwatch {mode}",
+                                    origination_uuid=channel, spy_id=spy_id)
+        self.tracker.expect_spy(channel, spy_id, call_id, agent, job)
+        try:
+            await self.client.bgapi_submit(command, job)
+        except BaseException:
+            self.tracker.forget_spy(channel)
+            raise
+        log.info("esl.spy call=%s agent=%s mode=%s spy=%s", call_id, agent, mode, spy_id)
+        return target
+
 
 def eavesdrop_command(
     agent_uuid: str,
@@ -175,6 +210,8 @@ def eavesdrop_command(
     *,
     caller_id_name: str = "ringwatch",
     timeout_s: int = 30,
+    origination_uuid: str | None = None,
+    spy_id: str | None = None,
 ) -> str:
     """The ``originate`` command that lets a supervisor's phone silently monitor an agent's call.
 
@@ -188,8 +225,10 @@ def eavesdrop_command(
       (``eavesdrop_whisper_aleg`` and ``eavesdrop_whisper_bleg``).
 
     Only the command string: who may monitor and the audit trail belong with the
-    supervisor console (not built yet), which sends it with ``bgapi``.  Every value is
-    validated (no spaces, braces or commas that could inject dial-string variables).
+    supervisor console (``monitor.spy``, through :meth:`FreeSwitchAdapter.spy`), which sends it
+    with ``bgapi``.  ``origination_uuid``: the Unique-ID the supervisor's channel gets (its events
+    are matched by it); ``spy_id``: ringwatch's request id, as channel variable ``ringwatch_spy``.
+    Every value is validated (no spaces, braces or commas that could inject dial-string variables).
     """
     if not _UUID.match(agent_uuid):
         raise ValueError(f"not a channel Unique-ID: {agent_uuid!r}")
@@ -197,6 +236,10 @@ def eavesdrop_command(
         raise ValueError(f"bad supervisor dial string: {supervisor_dial!r}")
     if not re.match(r"^[\w .-]{1,40}$", caller_id_name):
         raise ValueError(f"bad caller id name: {caller_id_name!r}")
+    if origination_uuid is not None and not _UUID.match(origination_uuid):
+        raise ValueError(f"not a channel Unique-ID: {origination_uuid!r}")
+    if spy_id is not None and not _SPY_ID.match(spy_id):
+        raise ValueError(f"bad spy id: {spy_id!r}")
     # the eavesdropper hears both sides; DTMF is off so no key press can change the mode
     whisper = {"listen": (False, False), "whisper": (True, False), "barge": (True, True)}.get(mode)
     if whisper is None:
@@ -212,6 +255,8 @@ def eavesdrop_command(
         "origination_caller_id_name": caller_id_name.replace(" ", "_"),
         "originate_timeout": str(int(timeout_s)),
         "ringwatch_eavesdrop": mode,
+        **({"origination_uuid": origination_uuid} if origination_uuid is not None else {}),
+        **({"ringwatch_spy": spy_id} if spy_id is not None else {}),
         **flags,
     }
     head = ",".join(f"{k}={v}" for k, v in variables.items())

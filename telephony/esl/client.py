@@ -381,6 +381,16 @@ class EslClient:
         finally:
             link.jobs.pop(job, None)
 
+    async def bgapi_submit(self, command: str, job: str | None = None, timeout_s: float | None = None) -> str:
+        """``bgapi <command>`` without waiting for its result: returns the Job-UUID (``job`` when given)
+        once FreeSWITCH accepted it.  The result comes later as a ``BACKGROUND_JOB`` event with that
+        Job-UUID (``on_event``).  ``-ERR`` raises :class:`EslCommandError`."""
+        job = job or str(uuid.uuid4())
+        reply = await self._send(self._require_link(), f"bgapi {command}", timeout_s, headers=[("Job-UUID", job)])
+        if reply.reply_text.startswith("-ERR"):
+            raise EslCommandError(f"bgapi {command}", reply.reply_text)
+        return job
+
     def _require_link(self) -> _Link:
         link = self._link
         if link is None:

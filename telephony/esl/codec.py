@@ -141,12 +141,13 @@ class EventFilter:
     ``names``: ``Event-Name`` values kept.  ``CUSTOM`` events are kept when their
     ``Event-Subclass`` is in ``subclasses``.  ``require`` / ``exclude`` map an event
     name (or a CUSTOM subclass) to raw body bytes (URL-encoded, as on the wire)
-    that must / must not appear, e.g. ``{"CHANNEL_EXECUTE": b"\\nApplication: att_xfer\\n"}``.
+    that must / must not appear, e.g. ``{"CHANNEL_EXECUTE": b"\\nApplication: att_xfer\\n"}``; a
+    ``require`` value may be a tuple of alternatives (any one of them must appear).
     """
 
     names: frozenset[str]
     subclasses: frozenset[str] = frozenset()
-    require: Mapping[str, bytes] = field(default_factory=dict)
+    require: Mapping[str, bytes | tuple[bytes, ...]] = field(default_factory=dict)
     exclude: Mapping[str, bytes] = field(default_factory=dict)
     _names_b: frozenset[bytes] = field(init=False, repr=False, compare=False)
     _subs_b: frozenset[bytes] = field(init=False, repr=False, compare=False)
@@ -191,7 +192,7 @@ class EventFilter:
                 return False
             key = unquote(sub.decode("ascii", "replace"))
         req = self.require.get(key)
-        if req is not None and req not in body:
+        if req is not None and not (req in body if isinstance(req, bytes) else any(r in body for r in req)):
             return False
         exc = self.exclude.get(key)
         return exc is None or exc not in body

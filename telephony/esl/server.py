@@ -306,6 +306,7 @@ class _EslServerBase:
         self.connections = 0
         self.connect_times: list[float] = []  # loop.time() of each accepted connection
         self.commands: Counter[str] = Counter()  # by command, "auth" without its password
+        self.received: list[str] = []  # every command in order ("auth" without its password), api/bgapi in full
         self._server: asyncio.Server | None = None
         self._sessions: set[_Session] = set()
         self._waiters: list[tuple[Callable[[], bool], asyncio.Future[None]]] = []
@@ -347,7 +348,9 @@ class _EslServerBase:
                 fut.set_result(None)
 
     def _count(self, command: str) -> None:
-        self.commands["auth" if command.startswith("auth ") else command] += 1
+        text = "auth" if command.startswith("auth ") else command
+        self.commands[text] += 1
+        self.received.append(text)
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
@@ -379,9 +382,11 @@ class ScriptedEslServer(_EslServerBase):
     """A scripted FreeSWITCH event socket for tests.
 
     ``model``: the state ``api show ...``/``callcenter_config`` answer from;
-    ``responses``: fixed ``api`` answers (checked first); ``epoch()`` is the switch's
-    clock (``strmicroepoch``, HEARTBEAT timestamps).  Counters: ``connections``,
-    ``logins``, ``failed_logins``, ``commands``, ``subscriptions``, ``refused``.
+    ``responses``: fixed ``api`` answers (checked first); ``answer(command)``: an answer
+    computed from the command (``originate ...`` carries fresh uuids), None to fall through;
+    ``epoch()`` is the switch's clock (``strmicroepoch``, HEARTBEAT timestamps).  Counters:
+    ``connections``, ``logins``, ``failed_logins``, ``commands``, ``received`` (every command in
+    order, ``api``/``bgapi`` in full), ``subscriptions``, ``refused``.
     """
 
     def __init__(
@@ -390,6 +395,7 @@ class ScriptedEslServer(_EslServerBase):
         password: str = "ClueCon",
         model: FsStateModel | None = None,
         responses: Mapping[str, str] | None = None,
+        answer: Callable[[str], str | None] | None = None,
         heartbeat_interval_s: float | None = None,
         acl_deny: bool = False,
         epoch: Callable[[], float] = time.time,
@@ -400,6 +406,7 @@ class ScriptedEslServer(_EslServerBase):
         self.password = password
         self.model = model or FsStateModel()
         self.responses = dict(responses or {})
+        self.answer = answer
         self.heartbeat_interval_s = heartbeat_interval_s
         self.heartbeats = True  # switch off to simulate a silent, half-dead link
         self.acl_deny = acl_deny
@@ -539,6 +546,10 @@ class ScriptedEslServer(_EslServerBase):
     def _api(self, command: str) -> str:
         if command in self.responses:
             return self.responses[command]
+        if self.answer is not None:
+            computed = self.answer(command)
+            if computed is not None:
+                return computed
         body = self.model.reply(command, self.epoch())
         if body is not None:
             return body

@@ -27,7 +27,12 @@ in the recordings of ``tests/fixtures/esl/README.md`` (FreeSWITCH 1.10.12, mod_c
   leg; the transferer hanging up meanwhile is the hand-off, not a hang-up;
 * outbound: the ``CHANNEL_CREATE`` of a trunk leg (``outbound_patterns``) bridged from
   another channel; answered = its ``CHANNEL_ANSWER``;
-* recordings: ``RECORD_START`` on any leg of the call.
+* recordings: ``RECORD_START`` on any leg of the call;
+* supervisors listening in: ``CHANNEL_EXECUTE`` of ``eavesdrop`` (its data: the spied
+  leg's Unique-ID) on the supervisor's channel starts it, that channel's ``CHANNEL_HANGUP``
+  ends it.  A spy ringwatch asked for (:meth:`FsTracker.expect_spy`) is known by the
+  channel's ``origination_uuid`` (``ringwatch_spy`` variable as a fallback); a failed
+  ``originate`` (its ``BACKGROUND_JOB`` says ``-ERR``) ends it before it started.
 
 Time is the receive time handed to :meth:`FsTracker.handle` (never ``Event-Date-*``).
 Every handler is O(1) in the number of live calls.
@@ -63,6 +68,8 @@ from telephony.events import (
     RecordingStarted,
     ResyncDone,
     RingOutcome,
+    SpyStarted,
+    SpyStopped,
     TransferAnswered,
     TransferEnded,
     TransferKind,
@@ -137,6 +144,17 @@ class _Xfer:
 
 
 @dataclass(slots=True)
+class _Spy:
+    """A supervisor's channel eavesdropping (or about to) on an agent's leg."""
+
+    spy_id: str | None  # ringwatch's request id (None: started elsewhere)
+    call_id: str
+    agent: str | None
+    job: str | None = None  # the originate's bgapi Job-UUID, until its result is in
+    started: bool = False
+
+
+@dataclass(slots=True)
 class _Call:
     call_id: str
     anchor: str  # the caller's leg (member session) / the customer leg of an outbound call
@@ -174,11 +192,11 @@ class FsTracker:
         "BACKGROUND_JOB",
     )
     SUBCLASSES: tuple[str, ...] = (CC_SUBCLASS,)
-    #: the codec drops the rest undecoded: CHANNEL_EXECUTE other than att_xfer, members-count
+    #: the codec drops the rest undecoded: CHANNEL_EXECUTE other than att_xfer / eavesdrop, members-count
     FILTER = EventFilter(
         frozenset(EVENTS),
         frozenset(SUBCLASSES),
-        require={"CHANNEL_EXECUTE": b"\nApplication: att_xfer\n"},
+        require={"CHANNEL_EXECUTE": (b"\nApplication: att_xfer\n", b"\nApplication: eavesdrop\n")},
         exclude={CC_SUBCLASS: b"\nCC-Action: members-count\n"},
     )
 
@@ -202,7 +220,11 @@ class FsTracker:
             "CHANNEL_HANGUP": self._on_hangup,
             "CHANNEL_EXECUTE": self._on_execute,
             "RECORD_START": self._on_record_start,
+            "BACKGROUND_JOB": self._on_background_job,
         }
+        #: supervisor channel Unique-ID -> its spy (expected by :meth:`expect_spy`, or seen eavesdropping)
+        self.spies: dict[str, _Spy] = {}
+        self._spy_jobs: dict[str, str] = {}  # bgapi Job-UUID -> supervisor channel Unique-ID
         self._cc: dict[str, Callable[[EslEvent, float], None]] = {
             "member-queue-start": self._on_member_start,
             "member-queue-end": self._on_member_end,
@@ -565,7 +587,11 @@ class FsTracker:
         self._emit(TransferAnswered(now, call.call_id, agent))
 
     def _on_execute(self, ev: EslEvent, now: float) -> None:
-        if ev.get("Application") != "att_xfer":
+        app = ev.get("Application")
+        if app == "eavesdrop":
+            self._on_eavesdrop(ev, now)
+            return
+        if app != "att_xfer":
             return
         uid = ev.get("Unique-ID") or ""
         call = self._by_leg.get(uid)
@@ -584,10 +610,78 @@ class FsTracker:
             call.recorded = True
             self._emit(RecordingStarted(now, call.call_id))
 
+    # -- supervisors listening in (eavesdrop) --------------------------------------------------
+
+    def agent_channel(self, call_id: str, agent: str) -> str | None:
+        """The Unique-ID of ``agent``'s leg of call ``call_id`` (what ``eavesdrop`` should spy on), or None.
+        The latest leg wins (after a transfer back to the same agent)."""
+        call = self.calls.get(call_id)
+        if call is None:
+            return None
+        for leg, name in reversed(list(call.agent_legs.items())):
+            if name == agent:
+                return leg
+        return None
+
+    def expect_spy(self, channel_uuid: str, spy_id: str | None, call_id: str, agent: str,
+                   job: str | None = None) -> None:
+        """ringwatch asked FreeSWITCH to ring a supervisor into ``eavesdrop`` on a channel it
+        creates with Unique-ID ``channel_uuid`` (``origination_uuid``); ``job``: the bgapi's Job-UUID."""
+        self.spies[channel_uuid] = _Spy(spy_id, call_id, agent, job)
+        if job is not None:
+            self._spy_jobs[job] = channel_uuid
+
+    def forget_spy(self, channel_uuid: str) -> None:
+        """The request never reached FreeSWITCH: nothing will come for it."""
+        spy = self.spies.pop(channel_uuid, None)
+        if spy is not None and spy.job is not None:
+            self._spy_jobs.pop(spy.job, None)
+
+    def _on_eavesdrop(self, ev: EslEvent, now: float) -> None:
+        uid = ev.get("Unique-ID") or ""
+        spy = self.spies.get(uid)
+        if spy is None:
+            wanted = ev.get("variable_ringwatch_spy")
+            spy = next((s for s in self.spies.values() if wanted and s.spy_id == wanted and not s.started), None)
+            if spy is not None:  # the originate's uuid was not ours after all: re-key on the real one
+                self.spies = {k: v for k, v in self.spies.items() if v is not spy}
+        if spy is None:  # started elsewhere (a dialplan feature code, fs_cli): still shown, not ringwatch's
+            target = (ev.get("Application-Data") or "").strip()
+            call = self._by_leg.get(target)
+            spy = _Spy(None, call.call_id if call is not None else "",
+                       call.agent_legs.get(target) if call is not None else None)
+        self.spies[uid] = spy
+        if spy.started:
+            return
+        spy.started = True
+        self._emit(SpyStarted(now, spy.call_id, spy.agent, spy.spy_id))
+
+    def _on_background_job(self, ev: EslEvent, now: float) -> None:
+        uid = self._spy_jobs.pop(ev.get("Job-UUID") or "", None)
+        if uid is None:
+            return
+        spy = self.spies.get(uid)
+        if spy is None:
+            return
+        spy.job = None
+        if (ev.body or "").startswith("-ERR") and not spy.started:
+            # the supervisor's phone did not answer (or could not be rung): no eavesdrop, no hang-up to come
+            del self.spies[uid]
+            self._spy_ended(spy, now)
+
+    def _spy_ended(self, spy: _Spy, now: float) -> None:
+        if spy.job is not None:
+            self._spy_jobs.pop(spy.job, None)
+        self._emit(SpyStopped(now, spy.call_id, spy.agent, spy.spy_id))
+
     # -- hang-ups ----------------------------------------------------------------------------
 
     def _on_hangup(self, ev: EslEvent, now: float) -> None:
         uid = ev.get("Unique-ID") or ""
+        spy = self.spies.pop(uid, None)
+        if spy is not None:
+            self._spy_ended(spy, now)
+            return
         via = uid
         call = self._by_leg.get(uid)
         if call is None:
