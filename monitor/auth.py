@@ -31,7 +31,7 @@ import secrets
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 import redis.asyncio as aioredis
 from aiohttp import web
@@ -190,6 +190,11 @@ def bearer_token(header: str | None) -> str | None:
 
 #: The challenge sent with every 401.
 WWW_AUTHENTICATE: Final = 'Bearer realm="ringwatch"'
+
+
+def json_response(obj: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
+    """A JSON body with Chinese left readable (``ensure_ascii=False``): every API answer."""
+    return web.json_response(obj, status=status, headers=headers, dumps=lambda o: json.dumps(o, ensure_ascii=False))
 
 
 def json_error(status: type[web.HTTPException], code: str, zh: str, en: str,

@@ -34,7 +34,7 @@ from prometheus_client import CollectorRegistry
 
 from alerts.hub import AlertHub
 from config.schema import Config
-from monitor.auth import authorize, json_error
+from monitor.auth import authorize, json_error, json_response
 from monitor.clock import Clock
 from monitor.commitments import (
     STATES,
@@ -79,8 +79,6 @@ def add_commitment_routes(app: web.Application, service: CommitmentService) -> N
 # -- helpers ---------------------------------------------------------------------------
 
 
-def _json(obj: dict[str, Any], status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    return web.json_response(obj, status=status, headers=headers, dumps=lambda o: json.dumps(o, ensure_ascii=False))
 
 
 def _bad(field: str, zh: str, en: str) -> web.HTTPException:
@@ -171,7 +169,7 @@ async def create(request: web.Request) -> web.Response:
     c, created = await _run(service.create(
         kind, customer, owner, by=principal.name, team=_text(body, "team"), call_id=call_id,
         note=_text(body, "note", limit=MAX_TEXT), idempotency_key=f"api:{idem}" if idem else None))
-    return _json({"commitment": _shown(service, c)}, 201 if created else 200,
+    return json_response({"commitment": _shown(service, c)}, 201 if created else 200,
                  {"Location": f"/api/v1/commitments/{c.id}"})
 
 
@@ -218,7 +216,7 @@ async def list_commitments(request: web.Request) -> web.Response:
                              "invalid parameter limit: expected an integer 1..10000")
     rows = await _run(service.query(state=state, kind=kind, agent=q.get("agent"), team=q.get("team"),
                                     due_before=due_before, limit=limit))
-    return _json({"commitments": [_shown(service, c) for c in rows], "count": len(rows)})
+    return json_response({"commitments": [_shown(service, c) for c in rows], "count": len(rows)})
 
 
 async def get_commitment(request: web.Request) -> web.Response:
@@ -226,7 +224,7 @@ async def get_commitment(request: web.Request) -> web.Response:
     authorize(request, app[TOKENS], "commitments:read")
     service = app[COMMITMENTS]
     c, history = await _run(service.get(request.match_info["id"]))
-    return _json({"commitment": _shown(service, c), "history": history})
+    return json_response({"commitment": _shown(service, c), "history": history})
 
 
 async def fulfil(request: web.Request) -> web.Response:
@@ -237,7 +235,7 @@ async def fulfil(request: web.Request) -> web.Response:
     c = await _run(service.fulfil(request.match_info["id"], principal.name, note=_text(body, "note", limit=MAX_TEXT),
                                   call_id=_text(body, "call_id"),
                                   overdue_reason=_text(body, "overdue_reason", limit=MAX_TEXT)))
-    return _json({"commitment": _shown(service, c)})
+    return json_response({"commitment": _shown(service, c)})
 
 
 async def cancel(request: web.Request) -> web.Response:
@@ -248,7 +246,7 @@ async def cancel(request: web.Request) -> web.Response:
     reason = _text(body, "reason", required=True, limit=MAX_TEXT)
     assert reason is not None
     c = await _run(service.cancel(request.match_info["id"], principal.name, reason))
-    return _json({"commitment": _shown(service, c)})
+    return json_response({"commitment": _shown(service, c)})
 
 
 async def note(request: web.Request) -> web.Response:
@@ -262,7 +260,7 @@ async def note(request: web.Request) -> web.Response:
         raise _bad("overdue_reason", "应为 true 或 false", "expected true or false")
     assert text is not None
     c = await _run(service.add_note(request.match_info["id"], principal.name, text, overdue_reason=flag))
-    return _json({"commitment": _shown(service, c)})
+    return json_response({"commitment": _shown(service, c)})
 
 
 async def report_complaints(request: web.Request) -> web.Response:
@@ -279,7 +277,7 @@ async def report_complaints(request: web.Request) -> web.Response:
         return web.Response(body=("\ufeff" + report_csv(report)).encode("utf-8"),  # BOM: Excel reads UTF-8
                             content_type="text/csv", charset="utf-8",
                             headers={"Content-Disposition": f'attachment; filename="complaints-{month}.csv"'})
-    return _json(report)
+    return json_response(report)
 
 
 # -- wiring for the daemon and the CLI -------------------------------------------------------

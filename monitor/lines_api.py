@@ -16,12 +16,11 @@ Routes (errors are JSON ``{"error", "message": {"zh", "en"}}`` like the rest of 
 
 from __future__ import annotations
 
-import json
-from typing import Any, Final
+from typing import Final
 
 from aiohttp import web
 
-from monitor.auth import TokenStore, authorize, json_error
+from monitor.auth import TokenStore, authorize, json_error, json_response
 from monitor.inspection import LinesRuntime, reports_csv
 from monitor.lines import iso
 
@@ -38,8 +37,6 @@ def add_lines_routes(app: web.Application, tokens: TokenStore) -> None:
     app.router.add_get("/api/v1/inspections/{id}", get_inspection)
 
 
-def _json(obj: dict[str, Any], status: int = 200) -> web.Response:
-    return web.json_response(obj, status=status, dumps=lambda o: json.dumps(o, ensure_ascii=False))
 
 
 def _runtime(request: web.Request) -> LinesRuntime:
@@ -68,7 +65,7 @@ async def get_lines(request: web.Request) -> web.Response:
     authorize(request, request.app[LINES_TOKENS], "alerts:read")
     runtime = _runtime(request)
     hours = _int_query(request, "hours", 24, 1, 24 * runtime.cfg.lines.keep_days)
-    return _json(runtime.monitor.snapshot(hours))
+    return json_response(runtime.monitor.snapshot(hours))
 
 
 async def list_inspections(request: web.Request) -> web.StreamResponse:
@@ -84,7 +81,7 @@ async def list_inspections(request: web.Request) -> web.StreamResponse:
     if fmt == "csv":
         return web.Response(text=reports_csv(reports), content_type="text/csv", charset="utf-8",
                             headers={"Content-Disposition": 'attachment; filename="inspections.csv"'})
-    return _json({"inspections": reports, "count": len(reports), "stored": stored,
+    return json_response({"inspections": reports, "count": len(reports), "stored": stored,
                   "next_due": _next_due(runtime)})
 
 
@@ -104,7 +101,7 @@ async def get_inspection(request: web.Request) -> web.Response:
     if report is None:
         raise json_error(web.HTTPNotFound, "not_found", f"巡检报告 {report_id[:40]} 不存在",
                          f"no inspection {report_id[:40]}")
-    return _json({"inspection": report})
+    return json_response({"inspection": report})
 
 
 async def run_inspection(request: web.Request) -> web.Response:
@@ -115,4 +112,4 @@ async def run_inspection(request: web.Request) -> web.Response:
         raise json_error(web.HTTPConflict, "probe_running", "拨测正在进行,请稍后再试",
                          "a test call is running: try again when it has finished")
     report = await runtime.inspector.inspect("manual")
-    return _json({"inspection": report}, status=201)
+    return json_response({"inspection": report}, status=201)

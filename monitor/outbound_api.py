@@ -42,7 +42,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Histogram
 
 from config.schema import Config
-from monitor.auth import authorize, json_error
+from monitor.auth import authorize, json_error, json_response
 from monitor.clock import Clock
 from monitor.dnc import (
     MAX_REASON,
@@ -109,8 +109,6 @@ def add_outbound_routes(app: web.Application, api: OutboundApi) -> None:
 # -- helpers -----------------------------------------------------------------------------------
 
 
-def _json(obj: dict[str, Any], status: int = 200) -> web.Response:
-    return web.json_response(obj, status=status, dumps=lambda o: json.dumps(o, ensure_ascii=False))
 
 
 def _bad(name: str, zh: str, en: str) -> web.HTTPException:
@@ -206,7 +204,7 @@ async def permit(request: web.Request) -> web.Response:
     if fmt == "text":
         resp = web.Response(text="ALLOW" if d.allow else f"DENY:{first}", content_type="text/plain")
     else:
-        resp = _json(d.to_json(api.tz, api.shown(d.number) if d.number else None))
+        resp = json_response(d.to_json(api.tz, api.shown(d.number) if d.number else None))
     if api.latency is not None:
         api.latency.observe(time.perf_counter() - t0)
     return resp
@@ -238,7 +236,7 @@ async def status(request: web.Request) -> web.Response:
                 "on_expiry": dnc.on_expiry, "cooling_days": p.ocfg.dnc_cooling_days},
         "pbx_fail": p.ocfg.pbx_fail,
     }
-    return _json(body)
+    return json_response(body)
 
 
 # -- the DNC list ---------------------------------------------------------------------------------
@@ -275,7 +273,7 @@ async def dnc_add(request: web.Request) -> web.Response:
     except StoreUnavailable:
         raise _unavailable() from None
     out = entry.to_json(api.tz, now, api.dnc.on_expiry)
-    return _json({"entry": out, "created": previous is None,
+    return json_response({"entry": out, "created": previous is None,
                   "previous": None if previous is None else previous.to_json(api.tz, now, api.dnc.on_expiry)},
                  201 if previous is None else 200)
 
@@ -294,7 +292,7 @@ async def dnc_get(request: web.Request) -> web.Response:
     if entry is None:
         raise _not_listed(number)
     now = api.now_wall()
-    return _json({"entry": entry.to_json(api.tz, now, api.dnc.on_expiry),
+    return json_response({"entry": entry.to_json(api.tz, now, api.dnc.on_expiry),
                   "blocks": entry.blocks(now, api.dnc.on_expiry)})
 
 
@@ -315,7 +313,7 @@ async def dnc_delete(request: web.Request) -> web.Response:
         raise _unavailable() from None
     if removed is None:
         raise _not_listed(number)
-    return _json({"removed": removed.to_json(api.tz, api.now_wall(), api.dnc.on_expiry), "reason": reason,
+    return json_response({"removed": removed.to_json(api.tz, api.now_wall(), api.dnc.on_expiry), "reason": reason,
                   "by": principal.name})
 
 
@@ -333,7 +331,7 @@ async def dnc_list(request: web.Request) -> web.Response:
         raise _bad("limit", "应为 1 到 10000 的整数", "expected an integer 1..10000")
     now = api.now_wall()
     rows = api.dnc.listing(state, limit)  # type: ignore[arg-type]  # checked against DNC_STATES above
-    return _json({"entries": [e.to_json(api.tz, now, api.dnc.on_expiry, api.shown(e.number)) for e in rows],
+    return json_response({"entries": [e.to_json(api.tz, now, api.dnc.on_expiry, api.shown(e.number)) for e in rows],
                   "count": len(rows), "total": len(api.dnc.entries), "available": api.dnc.available})
 
 
@@ -358,7 +356,7 @@ async def dnc_import(request: web.Request) -> web.Response:
     if report.rows == 0 and report.errors and report.errors[0]["line"] == 1:
         raise json_error(web.HTTPBadRequest, "bad_csv", report.errors[0]["error"]["zh"],
                          report.errors[0]["error"]["en"])
-    return _json(body)
+    return json_response(body)
 
 
 async def dnc_export(request: web.Request) -> web.StreamResponse:

@@ -55,6 +55,7 @@ from monitor.auth import (
     authorize,
     hash_password,
     json_error,
+    json_response,
 )
 from monitor.kpi import KpiPublisher, Wallboard
 from monitor.qa import QaError, QaService, samples_csv
@@ -192,8 +193,6 @@ def _push_spy(ws_hub: Any, cfg: Config, s: SpySession) -> None:
 # -- helpers ---------------------------------------------------------------------------------
 
 
-def _json(obj: dict[str, Any], status: int = 200) -> web.Response:
-    return web.json_response(obj, status=status, dumps=lambda o: json.dumps(o, ensure_ascii=False))
 
 
 async def _body(request: web.Request, allowed: set[str]) -> dict[str, Any]:
@@ -287,7 +286,7 @@ async def login(request: web.Request) -> web.Response:
     rt.failures.pop(name, None)
     sid, session = rt.sessions.create(principal)
     rt.audit.record(principal.name, "login", "ui", {"role": principal.role})
-    resp = _json({**_principal_json(principal), "csrf": session.csrf})
+    resp = json_response({**_principal_json(principal), "csrf": session.csrf})
     resp.set_cookie(SESSION_COOKIE, sid, httponly=True, secure=rt.cfg.ui.cookie_secure, samesite="Strict", path="/",
                     max_age=int(rt.cfg.ui.session_ttl_min * 60))
     return resp
@@ -300,14 +299,14 @@ async def whoami(request: web.Request) -> web.Response:
     session = rt.sessions.get(request.cookies.get(SESSION_COOKIE)) if principal.via == "session" else None
     if session is not None:
         out["csrf"] = session.csrf
-    return _json(out)
+    return json_response(out)
 
 
 async def logout(request: web.Request) -> web.Response:
     rt = request.app[UI]
     principal = authenticate_request(request, request.app[_tokens_key()])  # CSRF-checked for a session
     rt.sessions.delete(request.cookies.get(SESSION_COOKIE))
-    resp = _json({"logged_out": principal.name})
+    resp = json_response({"logged_out": principal.name})
     resp.del_cookie(SESSION_COOKIE, path="/")
     return resp
 
@@ -327,7 +326,7 @@ def _authorize(request: web.Request, permission: Any) -> Principal:
 
 async def get_kpi(request: web.Request) -> web.Response:
     _authorize(request, "kpi:read")
-    return _json(request.app[UI].wallboard.snapshot())
+    return json_response(request.app[UI].wallboard.snapshot())
 
 
 async def post_spy(request: web.Request) -> web.Response:
@@ -345,7 +344,7 @@ async def post_spy(request: web.Request) -> web.Response:
     from monitor.web import WS_HUB
 
     _push_spy(request.app[WS_HUB], rt.cfg, s)
-    return _json({"spy": s.to_json()}, status=201)
+    return json_response({"spy": s.to_json()}, status=201)
 
 
 async def list_spy(request: web.Request) -> web.Response:
@@ -353,7 +352,7 @@ async def list_spy(request: web.Request) -> web.Response:
     rt = request.app[UI]
     rows = [s.to_json() for s in rt.spy.sessions.values()
             if principal.teams is None or s.by == principal.name or in_scope(principal, rt.cfg.ui, None, s.agent)]
-    return _json({"sessions": rows[-200:], "count": len(rows)})
+    return json_response({"sessions": rows[-200:], "count": len(rows)})
 
 
 # -- QA --------------------------------------------------------------------------------------
@@ -379,7 +378,7 @@ async def qa_week(request: web.Request) -> web.Response:
     out = rt.qa.week(agents, week)
     if scope is not None:
         out["agents"] = [r for r in out["agents"] if r["agent"] in scope]
-    return _json(out)
+    return json_response(out)
 
 
 async def qa_samples(request: web.Request) -> web.Response:
@@ -402,7 +401,7 @@ async def qa_samples(request: web.Request) -> web.Response:
     if fmt == "csv":
         return web.Response(body=("\ufeff" + samples_csv(rows)).encode("utf-8"), content_type="text/csv",
                             charset="utf-8", headers={"Content-Disposition": 'attachment; filename="qa-samples.csv"'})
-    return _json({"samples": rows, "count": len(rows)})
+    return json_response({"samples": rows, "count": len(rows)})
 
 
 async def qa_run(request: web.Request) -> web.Response:
@@ -418,7 +417,7 @@ async def qa_run(request: web.Request) -> web.Response:
         raise _bad("day", "不是有效日期", "not a valid date") from None
     samples = rt.qa.run_sample(day)
     rt.audit.record(principal.name, "qa.sample", day, {"samples": len(samples)})
-    return _json({"day": day, "count": len(samples)}, status=201)
+    return json_response({"day": day, "count": len(samples)}, status=201)
 
 
 async def qa_review(request: web.Request) -> web.Response:
@@ -429,7 +428,7 @@ async def qa_review(request: web.Request) -> web.Response:
         s = rt.qa.review(request.match_info["id"], principal.name, body)
     except QaError as e:
         raise json_error(_status(e.status), e.code, e.zh, e.en) from None
-    return _json({"sample": s.to_json(rt.spy._wall(), rt.qa.tz)})
+    return json_response({"sample": s.to_json(rt.spy._wall(), rt.qa.tz)})
 
 
 async def qa_appeal(request: web.Request) -> web.Response:
@@ -443,7 +442,7 @@ async def qa_appeal(request: web.Request) -> web.Response:
         s = rt.qa.appeal(request.match_info["id"], principal.name, reason)
     except QaError as e:
         raise json_error(_status(e.status), e.code, e.zh, e.en) from None
-    return _json({"sample": s.to_json(rt.spy._wall(), rt.qa.tz)})
+    return json_response({"sample": s.to_json(rt.spy._wall(), rt.qa.tz)})
 
 
 # -- audit -----------------------------------------------------------------------------------
@@ -467,7 +466,7 @@ async def get_audit(request: web.Request) -> web.Response:
         log.warning("audit: read failed (%s)", type(e).__name__)
         raise json_error(web.HTTPServiceUnavailable, "store_unavailable", "审计存储暂时不可用",
                          "the audit store is unavailable", {"Retry-After": "5"}) from None
-    return _json({"entries": rows, "count": len(rows), "pending": audit.pending})
+    return json_response({"entries": rows, "count": len(rows), "pending": audit.pending})
 
 
 # -- CLI -------------------------------------------------------------------------------------

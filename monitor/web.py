@@ -25,10 +25,9 @@ the path only.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import AsyncIterator
-from typing import Any, Final
+from typing import Final
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
@@ -42,7 +41,7 @@ from alerts.hub import AlertError, AlertHub
 from alerts.webhook import SessionFactory, WebhookSink, default_session
 from alerts.ws import WebSocketHub
 from config.schema import Config
-from monitor.auth import TokenStore, authorize, json_error
+from monitor.auth import TokenStore, authorize, json_error, json_response
 from monitor.engine import DispositionError, Monitor
 from monitor.lines_api import add_lines_routes
 from monitor.metrics import LinkStats, Metrics
@@ -206,16 +205,8 @@ async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResp
     return response
 
 
-def _json(obj: dict[str, Any], status: int = 200) -> web.Response:
-    return web.json_response(obj, status=status, dumps=_dumps)
-
-
-def _dumps(obj: Any) -> str:
-    return json.dumps(obj, ensure_ascii=False)
-
-
 def _error_response(status: int, code: str, zh: str, en: str) -> web.Response:
-    return _json({"error": code, "message": {"zh": zh, "en": en}}, status)
+    return json_response({"error": code, "message": {"zh": zh, "en": en}}, status)
 
 
 # -- handlers ------------------------------------------------------------------------
@@ -224,7 +215,7 @@ def _error_response(status: int, code: str, zh: str, en: str) -> web.Response:
 async def healthz(request: web.Request) -> web.Response:
     app = request.app
     connected = app[METRICS].link.connected
-    return _json({"status": "ok" if connected else "degraded", "ami_connected": connected,
+    return json_response({"status": "ok" if connected else "degraded", "ami_connected": connected,
                   "live_calls": len(app[MONITOR].calls)})
 
 
@@ -266,7 +257,7 @@ async def list_alerts(request: web.Request) -> web.Response:
     alerts = [a for a in app[ALERTS].alerts(state)
               if (kind is None or a.kind == kind) and alert_in_scope(principal, ui, a)]  # own teams only
     shown = alerts[-limit:]
-    return _json({"alerts": [a.to_json() for a in shown], "count": len(shown), "total": len(alerts)})
+    return json_response({"alerts": [a.to_json() for a in shown], "count": len(shown), "total": len(alerts)})
 
 
 async def _change(request: web.Request, action: str) -> web.Response:
@@ -287,7 +278,7 @@ async def _change(request: web.Request, action: str) -> web.Response:
         zh_verb = "确认" if action == "ack" else "解除"
         raise json_error(web.HTTPConflict, "conflict", f"告警 {alert_id} 当前状态为{zh_state},无法{zh_verb}",
                          f"alert {alert_id} is {alert.state}: cannot {action}") from None
-    return _json({"alert": alert.to_json()})
+    return json_response({"alert": alert.to_json()})
 
 
 async def ack_alert(request: web.Request) -> web.Response:
@@ -306,7 +297,7 @@ async def list_calls(request: web.Request) -> web.Response:
     if principal.teams is not None:  # a supervisor's session: their teams only
         calls = [c for c in calls if in_scope(principal, app[CONFIG].ui, c["queue"], c["agent"])
                  or any(in_scope(principal, app[CONFIG].ui, None, r["agent"]) for r in c["ringing"])]
-    return _json({"calls": calls, "count": len(calls), "now": round(monitor.clock.now(), 3)})
+    return json_response({"calls": calls, "count": len(calls), "now": round(monitor.clock.now(), 3)})
 
 
 async def list_agents(request: web.Request) -> web.Response:
@@ -318,7 +309,7 @@ async def list_agents(request: web.Request) -> web.Response:
         for a in sorted(app[MONITOR].agents.values(), key=lambda a: a.name)
         if principal.teams is None or principal.teams & agent_teams(app[CONFIG].ui, a.name)
     ]
-    return _json({"agents": agents, "count": len(agents)})
+    return json_response({"agents": agents, "count": len(agents)})
 
 
 async def get_call(request: web.Request) -> web.Response:
@@ -332,7 +323,7 @@ async def get_call(request: web.Request) -> web.Response:
         raise json_error(web.HTTPNotFound, "not_found", f"找不到通话 {call_id[:60]}", f"no call {call_id[:60]}")
     body = call.to_record(monitor.shown(call.caller))
     body["state"] = call.state
-    return _json({"call": body})
+    return json_response({"call": body})
 
 
 async def post_disposition(request: web.Request) -> web.Response:
@@ -359,4 +350,4 @@ async def post_disposition(request: web.Request) -> web.Response:
     except DispositionError as e:
         status = web.HTTPNotFound if e.code == "unknown_call" else web.HTTPUnprocessableEntity
         raise json_error(status, e.code, e.zh, e.en) from None
-    return _json({"call": call.id, "disposition": call.disposition, "flags": sorted(call.flags)}, status=201)
+    return json_response({"call": call.id, "disposition": call.disposition, "flags": sorted(call.flags)}, status=201)
