@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from telephony.ami.codec import DEFAULT_MAX_MESSAGE_BYTES, AmiDecoder, Banner, DecoderStats, Message, encode_action
 from telephony.backoff import backoff as backoff
+from telephony.linkclient import LinkClient
 
 if TYPE_CHECKING:
     from config.schema import AmiConfig
@@ -187,7 +188,7 @@ def _md5_key(challenge: str, secret: str) -> str:
     return hashlib.md5((challenge + secret).encode("utf-8"), usedforsecurity=False).hexdigest()
 
 
-class AmiClient:
+class AmiClient(LinkClient):
     """Asyncio AMI client with login, ActionID correlation, keepalive, resync and reconnect.
 
     ``on_message(msg, conn)`` receives every event message (list events too), in
@@ -202,6 +203,8 @@ class AmiClient:
     and ``<Action>Complete`` of the resync actions are always added; a list
     action of your own only sees the list events the filter lets through.
     """
+
+    stats: AmiClientStats
 
     def __init__(
         self,
@@ -266,9 +269,8 @@ class AmiClient:
         self._id_prefix = f"rw-{secrets.token_hex(3)}-"
         self._link: _Link | None = None
         self._links = itertools.count(1)
-        self._task: asyncio.Task[None] | None = None
-        self._stopping = False
-        self._up = asyncio.Event()
+        self.kind = "AMI"
+        self._init_lifecycle()
 
     @classmethod
     def from_config(cls, cfg: AmiConfig, **kwargs: Any) -> AmiClient:
@@ -301,58 +303,18 @@ class AmiClient:
 
     # -- state ---------------------------------------------------------------------
 
-    @property
-    def connected(self) -> bool:
-        return self.stats.connected
 
-    @property
-    def last_error(self) -> str | None:
-        return self.stats.last_error
 
     @property
     def connection(self) -> AmiConnection | None:
         return self._link.info if self._link is not None else None
 
-    async def wait_connected(self) -> None:
-        """Return once a link is up (logged in); bound it with ``asyncio.timeout``."""
-        await self._up.wait()
 
     # -- lifecycle -----------------------------------------------------------------
 
-    async def start(self) -> None:
-        if self._task is not None:
-            raise RuntimeError("AMI client already started")
-        self._stopping = False
-        self._task = asyncio.create_task(self._supervise(), name=f"{self.name}-supervisor")
-        self._task.add_done_callback(self._supervisor_done)
-
-    async def stop(self) -> None:
-        """Log off (briefly, if a link is up), cancel every task and wait for them."""
-        task, self._task = self._task, None
-        if task is None:
-            return
-        self._stopping = True
-        if self._link is not None and not task.done():
-            with contextlib.suppress(AmiError, OSError):
-                await self.action("Logoff", timeout_s=min(1.0, self.action_timeout_s))
-        task.cancel()
-        try:
-            await task
-        except asyncio.CancelledError:
-            current = asyncio.current_task()
-            if current is not None and current.cancelling():
-                raise
-
-    async def __aenter__(self) -> AmiClient:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
-
-    def _supervisor_done(self, task: asyncio.Task[None]) -> None:
-        if not task.cancelled() and task.exception() is not None:
-            log.error("ami.supervisor crashed: the AMI link will not come back", exc_info=task.exception())
+    async def _goodbye(self) -> None:
+        with contextlib.suppress(AmiError, OSError):
+            await self.action("Logoff", timeout_s=min(1.0, self.action_timeout_s))
 
     # -- requests ------------------------------------------------------------------
 

@@ -56,6 +56,7 @@ from telephony.esl.codec import (
     encode_command,
 )
 from telephony.esl.tracker import FsTracker, pipe_rows
+from telephony.linkclient import LinkClient
 
 if TYPE_CHECKING:
     from config.schema import EslConfig
@@ -193,7 +194,7 @@ def _verb(command: str) -> str:
     return command.split(" ", 1)[0]
 
 
-class EslClient:
+class EslClient(LinkClient):
     """Asyncio ESL client: auth, narrow subscription, command correlation, liveness, resync, reconnect.
 
     ``on_event(event, received_at)`` receives every event in arrival order,
@@ -203,6 +204,8 @@ class EslClient:
     in ends, ``on_error(text)`` when a connect or login fails or a link is lost.
     Callbacks must not block; an exception in one is logged and does not break the link.
     """
+
+    stats: EslClientStats
 
     def __init__(
         self,
@@ -258,9 +261,8 @@ class EslClient:
         self.stats = EslClientStats()
         self._link: _Link | None = None
         self._links = 0
-        self._task: asyncio.Task[None] | None = None
-        self._stopping = False
-        self._up = asyncio.Event()
+        self.kind = "ESL"
+        self._init_lifecycle()
 
     @classmethod
     def from_config(cls, cfg: EslConfig, **kwargs: Any) -> EslClient:
@@ -293,59 +295,21 @@ class EslClient:
 
     # -- state ---------------------------------------------------------------------
 
-    @property
-    def connected(self) -> bool:
-        return self.stats.connected
 
-    @property
-    def last_error(self) -> str | None:
-        return self.stats.last_error
 
     @property
     def connection(self) -> EslConnection | None:
         return self._link.info if self._link is not None else None
 
-    async def wait_connected(self) -> None:
-        """Return once a link is up (logged in and subscribed); bound it with ``asyncio.timeout``."""
-        await self._up.wait()
 
     # -- lifecycle -----------------------------------------------------------------
 
-    async def start(self) -> None:
-        if self._task is not None:
-            raise RuntimeError("ESL client already started")
-        self._stopping = False
-        self._task = asyncio.create_task(self._supervise(), name=f"{self.name}-supervisor")
-        self._task.add_done_callback(self._supervisor_done)
-
-    async def stop(self) -> None:
-        """Say ``exit`` (briefly, if a link is up), cancel every task and wait for them."""
-        task, self._task = self._task, None
-        if task is None:
-            return
-        self._stopping = True
+    async def _goodbye(self) -> None:
         link = self._link
-        if link is not None and not task.done():
-            with contextlib.suppress(EslError, OSError, TimeoutError):
-                await self._send(link, "exit", timeout_s=min(1.0, self.command_timeout_s))
-        task.cancel()
-        try:
-            await task
-        except asyncio.CancelledError:
-            current = asyncio.current_task()
-            if current is not None and current.cancelling():
-                raise
-
-    async def __aenter__(self) -> EslClient:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
-
-    def _supervisor_done(self, task: asyncio.Task[None]) -> None:
-        if not task.cancelled() and task.exception() is not None:
-            log.error("esl.supervisor crashed: the ESL link will not come back", exc_info=task.exception())
+        if link is None:
+            return
+        with contextlib.suppress(EslError, OSError, TimeoutError):
+            await self._send(link, "exit", timeout_s=min(1.0, self.command_timeout_s))
 
     # -- commands ------------------------------------------------------------------
 
