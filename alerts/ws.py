@@ -1,12 +1,17 @@
 """Live alerts over websockets: the fan-out to supervisor screens and wallboards.
 
-:class:`WebSocketHub` is an alert-hub :class:`~alerts.hub.Sink`.  Every client
-has its own bounded queue and its own named sender task; ``offer`` only puts
-frames into those queues (``put_nowait``) and never waits.  A client whose
-queue is full is too slow: it is dropped (closed with 1013 "try again later",
-counted in ``dropped``) and the others carry on.  A send that cannot even
-deliver the close frame within ``close_timeout_s`` gets its TCP connection
-aborted, so a stuck browser costs nothing after that.
+:class:`WebSocketHub` is an alert-hub :class:`~alerts.hub.Sink`.  A frame is
+serialised once — JSON, UTF-8 and the RFC 6455 frame header (``websockets.frames``)
+— and the same bytes are handed to every client's transport (``transport.write``,
+which never waits): no per-client JSON, encoding, compression, queue or task
+wake-up, so a fan-out to 500 screens costs 500 buffered writes.  Each client's
+backlog is bounded in bytes: the kernel's socket buffer (``http.websocket_socket_buffer_kib``,
+set on the connection) plus at most ``http.websocket_buffer_kib`` in the transport.  A
+client past that is too slow: it is dropped (closed with 1013 "try again later",
+counted in ``dropped``) and the others carry on.  A client that cannot even take
+the close frame within ``close_timeout_s`` gets its TCP connection aborted, so a
+stuck browser costs nothing after that.  Frames are not compressed (permessage-deflate
+would cost one zlib stream per client per frame; KPI and alert frames are 1–2 KB).
 
 Protocol (JSON text frames):
 
@@ -44,12 +49,14 @@ import contextlib
 import itertools
 import json
 import logging
+import socket
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 from aiohttp import WSCloseCode, WSMsgType, web
+from websockets.frames import Frame, Opcode
 
 from alerts.hub import AlertChange, AlertError, AlertHub
 from alerts.model import Alert
@@ -77,6 +84,8 @@ SUBSCRIBABLE: Final = frozenset({"kpi", "spy"})
 #: Most alerts sent in the hello snapshot (the newest are kept).
 SNAPSHOT_LIMIT: Final = 1000
 
+_PONG: Final = b'\x81\x0f{"type":"pong"}'  # text_frame({"type": "pong"})
+
 #: may this principal see (and ack / resolve) this alert?  (team scoping)
 AlertScope = Callable[[Principal, Alert], bool]
 
@@ -98,8 +107,13 @@ def _dumps(obj: dict[str, Any]) -> str:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
 
 
-def _error(code: str, zh: str, en: str, **extra: object) -> str:
-    return _dumps({"type": "error", "code": code, "message": {"zh": zh, "en": en}, **extra})
+def text_frame(obj: dict[str, Any]) -> bytes:
+    """``obj`` as one complete, unmasked websocket text frame (server to client), ready for the wire."""
+    return Frame(Opcode.TEXT, _dumps(obj).encode()).serialize(mask=False)
+
+
+def _error(code: str, zh: str, en: str, **extra: object) -> bytes:
+    return text_frame({"type": "error", "code": code, "message": {"zh": zh, "en": en}, **extra})
 
 
 @dataclass(eq=False, slots=True)
@@ -108,8 +122,7 @@ class _Client:
     principal: Principal
     ws: web.WebSocketResponse
     request: web.Request
-    queue: asyncio.Queue[str]
-    sender: asyncio.Task[None] | None = None
+    transport: asyncio.Transport
     closer: asyncio.Task[None] | None = None
     closing: bool = False
     topics: set[str] = field(default_factory=set)  # frame types asked for with {"type": "subscribe"}
@@ -125,7 +138,8 @@ class WebSocketHub:
                  heartbeat_s: float | None = 30.0, max_frame_bytes: int = 64 * 1024) -> None:
         self._alerts = alerts
         self._tokens = tokens
-        self._queue_size = cfg.websocket_queue
+        self._max_backlog = cfg.websocket_buffer_kib * 1024
+        self._sndbuf = cfg.websocket_socket_buffer_kib * 1024
         self._auth_timeout = auth_timeout_s
         self._close_timeout = close_timeout_s
         self._heartbeat = heartbeat_s
@@ -135,7 +149,7 @@ class WebSocketHub:
         self._tasks: set[asyncio.Task[None]] = set()
         self._ids = itertools.count(1)
         self._closing = False
-        self._latest: dict[str, tuple[str, Callable[[Principal], bool]]] = {}  # publish(latest=True)
+        self._latest: dict[str, tuple[bytes, Callable[[Principal], bool]]] = {}  # publish(latest=True)
         self.scope: AlertScope = _everyone  # team scoping of alert / notice frames and acks
         self.sent = 0
         self.dropped = 0  # clients dropped for being too slow
@@ -149,18 +163,18 @@ class WebSocketHub:
     # -- Sink ------------------------------------------------------------------------
 
     def offer(self, change: AlertChange) -> None:
-        frame = _dumps(change_frame(change))
+        frame = text_frame(change_frame(change))
         perm: Permission = "notices:read" if change.alert.kind == "notice" else "alerts:read"
         for client in list(self._clients):
             if client.principal.can(perm) and self.scope(client.principal, change.alert):
                 self._enqueue(client, frame)
 
     def publish(self, frame: dict[str, Any], allow: Callable[[Principal], bool], *, latest: bool = False) -> int:
-        """Put another kind of frame (``{"type": "kpi", ...}``, ``{"type": "spy", ...}``) into the queue of
+        """Put another kind of frame (``{"type": "kpi", ...}``, ``{"type": "spy", ...}``) to
         every client that subscribed to its type and that ``allow`` accepts; never blocks.  Coalesce at
         the source (at most a few per second): a client too slow for those is dropped like for alerts.
         ``latest``: kept (one per type) and sent to a client when it subscribes.  Returns how many got it."""
-        text = _dumps(frame)
+        text = text_frame(frame)
         if latest:
             self._latest[str(frame.get("type"))] = (text, allow)
         sent = 0
@@ -171,16 +185,24 @@ class WebSocketHub:
                 sent += 1
         return sent
 
-    def _enqueue(self, client: _Client, frame: str) -> None:
+    def _enqueue(self, client: _Client, frame: bytes) -> None:
+        """Hand ``frame`` (complete frame bytes, shared by every client) to the client's transport, or drop
+        the client when its backlog would pass the limit.  Never waits.  Frames from here and aiohttp's own
+        (pings, close) never interleave: each is one synchronous ``write``."""
         if client.closing:
             return
-        try:
-            client.queue.put_nowait(frame)
-        except asyncio.QueueFull:
+        transport = client.transport
+        if transport.is_closing():  # the peer went away; the read loop notices and finishes the client
+            return
+        backlog = transport.get_write_buffer_size()
+        if backlog + len(frame) > self._max_backlog:
             self.dropped += 1
-            log.warning("websocket client #%d (%s) too slow: %d frames queued; dropped",
-                        client.id, client.principal.name, client.queue.qsize())
-            self._drop(client, CLOSE_TOO_SLOW, "too slow: send queue full")
+            log.warning("websocket client #%d (%s) too slow: %d bytes waiting; dropped",
+                        client.id, client.principal.name, backlog)
+            self._drop(client, CLOSE_TOO_SLOW, "too slow: send buffer full")
+            return
+        transport.write(frame)
+        self.sent += 1
 
     # -- connection ------------------------------------------------------------------
 
@@ -203,7 +225,7 @@ class WebSocketHub:
                 raise unauthorized(invalid=True)
             principal = session.principal
         ws = web.WebSocketResponse(timeout=self._close_timeout, heartbeat=self._heartbeat,
-                                   max_msg_size=self._max_frame)
+                                   max_msg_size=self._max_frame, compress=False)
         await ws.prepare(request)
         self._sockets.add(ws)
         if principal is None:
@@ -242,8 +264,9 @@ class WebSocketHub:
     async def _refuse(self, ws: web.WebSocketResponse, reason: str) -> None:
         self.refused += 1
         with contextlib.suppress(Exception):
-            await ws.send_str(_error("unauthorized", "未认证:请先发送有效令牌",
-                                     "not authenticated: send a valid token"))
+            await ws.send_str(_dumps({"type": "error", "code": "unauthorized",
+                                      "message": {"zh": "未认证:请先发送有效令牌",
+                                                  "en": "not authenticated: send a valid token"}}))
         try:
             async with asyncio.timeout(self._close_timeout):
                 await ws.close(code=CLOSE_UNAUTHORIZED, message=reason.encode())
@@ -252,16 +275,22 @@ class WebSocketHub:
 
     def _register(self, principal: Principal, ws: web.WebSocketResponse, request: web.Request) -> _Client:
         # snapshot and registration in one synchronous step: no change can fall in between
-        client = _Client(next(self._ids), principal, ws, request, asyncio.Queue(self._queue_size))
+        transport = request.transport
+        assert transport is not None  # prepared: the connection is open
+        if self._sndbuf:
+            sock = transport.get_extra_info("socket")
+            if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self._sndbuf)
+        client = _Client(next(self._ids), principal, ws, request, transport)
         open_alerts: list[dict[str, Any]] = []
         if principal.can("alerts:read"):
             unresolved = [a for a in self._alerts.alerts()
                           if a.kind == "violation" and a.state != "resolved" and self.scope(principal, a)]
             open_alerts = [a.to_json() for a in unresolved[-SNAPSHOT_LIMIT:]]
-        client.queue.put_nowait(_dumps({"type": "hello", "name": principal.name, "role": principal.role,
-                                        "permissions": principal.permissions, "open_alerts": open_alerts}))
         self._clients.add(client)
-        client.sender = asyncio.create_task(self._send_loop(client), name=f"ws-sender-{client.id}")
+        self._enqueue(client, text_frame({"type": "hello", "name": principal.name, "role": principal.role,
+                                          "permissions": principal.permissions, "open_alerts": open_alerts}))
         log.info("websocket client #%d connected (%s, role %s)", client.id, principal.name, principal.role)
         return client
 
@@ -290,7 +319,7 @@ class WebSocketHub:
             return
         kind = obj["type"]
         if kind == "ping":
-            self._enqueue(client, _dumps({"type": "pong"}))
+            self._enqueue(client, _PONG)
         elif kind in ("ack", "resolve"):
             self._on_ack(client, kind, obj.get("id"))
         elif kind == "subscribe":
@@ -342,19 +371,6 @@ class WebSocketHub:
                                          f"alert {alert_id} is {alert.state}: cannot {kind}",
                                          request=kind, id=alert_id, state=alert.state))
 
-    async def _send_loop(self, client: _Client) -> None:
-        ws = client.ws
-        try:
-            while True:
-                frame = await client.queue.get()
-                await ws.send_str(frame)
-                self.sent += 1
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # the connection broke under us
-            log.info("websocket client #%d: send failed (%s)", client.id, type(exc).__name__)
-            self._drop(client, int(WSCloseCode.ABNORMAL_CLOSURE), "send failed")
-
     # -- closing ---------------------------------------------------------------------
 
     def _drop(self, client: _Client, code: int, reason: str) -> None:
@@ -363,8 +379,6 @@ class WebSocketHub:
             return
         client.closing = True
         self._clients.discard(client)
-        if client.sender is not None and client.sender is not asyncio.current_task():
-            client.sender.cancel()
         client.closer = self._spawn(self._close_client(client, code, reason), f"ws-close-{client.id}")
 
     def _spawn(self, coro: Any, name: str) -> asyncio.Task[None]:
@@ -379,9 +393,6 @@ class WebSocketHub:
             log.error("task %s failed", task.get_name(), exc_info=task.exception())
 
     async def _close_client(self, client: _Client, code: int, reason: str) -> None:
-        sender = client.sender
-        if sender is not None and sender is not asyncio.current_task():
-            await asyncio.wait([sender])
         await self._close_socket(client.ws, code, reason, client.request)
 
     async def _close_socket(self, ws: web.WebSocketResponse, code: int, reason: str,
@@ -401,10 +412,6 @@ class WebSocketHub:
         if not client.closing:  # the client went away (or broke the protocol)
             client.closing = True
             self._clients.discard(client)
-            if client.sender is not None:
-                client.sender.cancel()
-        if client.sender is not None:
-            await asyncio.wait([client.sender])
         if client.closer is not None:
             await asyncio.wait([client.closer])
         log.info("websocket client #%d disconnected (%s)", client.id, client.principal.name)

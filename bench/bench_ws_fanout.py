@@ -11,9 +11,11 @@ the clients' parsing.  Latency = receive time in the worker - send time stamped 
 
 The stalled client is a raw socket (in a thread of this process: it does nothing) that completes
 the handshake, subscribes, then never reads, with the smallest receive buffer the kernel allows.
-With ``--queue`` frames of ``--pad`` bytes, its kernel buffers fill, aiohttp's writer blocks on
-drain, its per-client queue fills and the hub drops it; ``stalled_client_dropped_after_s`` says
-when.  Loopback only; bounded in count and time.
+With frames of ``--pad`` bytes its socket buffer (``--sndbuf`` KiB, set by the hub) fills, then the
+transport's backlog passes ``--queue`` KiB and the hub drops it; ``stalled_client_dropped_after_s``
+says when, and the latency of the other clients is reported separately for the updates sent while
+the stalled client was still connected (``while_stalled_*``) and after it was dropped.  Loopback
+only; bounded in count and time.
 """
 
 from __future__ import annotations
@@ -43,8 +45,8 @@ TOKEN = "bench-token-0123456789"
 # -- the clients: worker processes -------------------------------------------------------------
 
 
-async def _client(session: aiohttp.ClientSession, url: str, lat: list[float], connected: list[int], n: int,
-                  all_in: asyncio.Event) -> None:
+async def _client(session: aiohttp.ClientSession, url: str, lat: list[float], seqs: list[int],
+                  connected: list[int], n: int, all_in: asyncio.Event) -> None:
     async with session.ws_connect(url, headers={"Authorization": f"Bearer {TOKEN}"}, max_msg_size=0) as ws:
         await ws.receive()  # hello
         await ws.send_str(json.dumps({"type": "subscribe", "topics": ["kpi"]}))
@@ -58,8 +60,10 @@ async def _client(session: aiohttp.ClientSession, url: str, lat: list[float], co
             if msg.type is not aiohttp.WSMsgType.TEXT:
                 break
             data = msg.data
-            if data.startswith('{"type":"kpi"'):  # cheap: the send time is the second field
-                lat.append(time.monotonic() - float(data[21:data.index(",", 21)]))
+            if data.startswith('{"type":"kpi"'):  # cheap: the send time is the second field, seq the third
+                comma = data.index(",", 21)
+                lat.append(time.monotonic() - float(data[21:comma]))
+                seqs.append(int(data[comma + 7:data.index(",", comma + 7)]))
                 if '"last":true' in data:
                     break
 
@@ -67,10 +71,11 @@ async def _client(session: aiohttp.ClientSession, url: str, lat: list[float], co
 async def _worker(port: int, n: int, ready: Any, results: Any) -> None:
     url = f"http://127.0.0.1:{port}/ws"
     lat: list[float] = []
+    seqs: list[int] = []
     connected = [0]
     all_in = asyncio.Event()
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
-        tasks = [asyncio.create_task(_client(session, url, lat, connected, n, all_in)) for _ in range(n)]
+        tasks = [asyncio.create_task(_client(session, url, lat, seqs, connected, n, all_in)) for _ in range(n)]
         async with asyncio.timeout(60):
             await all_in.wait()
         ready.put(n)
@@ -78,7 +83,7 @@ async def _worker(port: int, n: int, ready: Any, results: Any) -> None:
             async with asyncio.timeout(120):
                 await asyncio.gather(*tasks, return_exceptions=True)
         finally:
-            results.put(lat)
+            results.put((lat, seqs))
 
 
 def worker_main(port: int, n: int, ready: Any, results: Any) -> None:
@@ -108,10 +113,15 @@ def stalled_client(port: int) -> socket.socket:
 # -- the server --------------------------------------------------------------------------------
 
 
-async def main(clients: int, rate: float, seconds: float, pad: int, queue: int, procs: int) -> dict[str, Any]:
+def _pct(values: list[float], q: float) -> float | None:
+    return round(values[max(0, int(len(values) * q) - 1)] * 1000, 2) if values else None
+
+
+async def main(clients: int, rate: float, seconds: float, pad: int, queue: int, sndbuf: int,
+               procs: int) -> dict[str, Any]:
     hub = AlertHub(time.monotonic)
     ws_hub = WebSocketHub(hub, TokenStore([(TOKEN, "bench", "wallboard")]),
-                          HttpConfig(websocket_queue=queue), heartbeat_s=None)
+                          HttpConfig(websocket_buffer_kib=queue, websocket_socket_buffer_kib=sndbuf), heartbeat_s=None)
     app = web.Application()
     app.router.add_get("/ws", ws_hub.handle)
     runner = web.AppRunner(app)
@@ -134,6 +144,7 @@ async def main(clients: int, rate: float, seconds: float, pad: int, queue: int, 
     padding = "x" * pad
     publish_cost: list[float] = []
     dropped_at: float | None = None
+    dropped_seq = updates
     t0 = time.monotonic()
     for i in range(updates):
         delay = t0 + i / rate - time.monotonic()
@@ -144,10 +155,15 @@ async def main(clients: int, rate: float, seconds: float, pad: int, queue: int, 
                         "last": i == updates - 1}, lambda p: True)
         publish_cost.append(time.monotonic() - p0)
         if dropped_at is None and ws_hub.dropped:
-            dropped_at = time.monotonic() - t0
+            dropped_at, dropped_seq = time.monotonic() - t0, i
     lat: list[float] = []
+    before: list[float] = []
+    after: list[float] = []
     for _ in workers:
-        lat.extend(await asyncio.to_thread(results.get, True, 150))
+        got, seqs = await asyncio.to_thread(results.get, True, 150)
+        lat.extend(got)
+        for value, seq in zip(got, seqs, strict=True):
+            (before if seq <= dropped_seq else after).append(value)
     elapsed = time.monotonic() - t0
     for w in workers:
         await asyncio.to_thread(w.join, 10)
@@ -156,17 +172,19 @@ async def main(clients: int, rate: float, seconds: float, pad: int, queue: int, 
     await ws_hub.shutdown()
     await runner.cleanup()
     lat.sort()
+    before.sort()
+    after.sort()
     try:
         cpu = os.getloadavg()[0]
     except OSError:
         cpu = -1.0
     return {
         "clients": clients, "worker_processes": len(workers), "cpus": os.cpu_count(), "updates": updates,
-        "rate_per_s": rate, "frame_bytes": pad + 80, "queue": queue,
+        "rate_per_s": rate, "frame_bytes": pad + 80, "backlog_kib": queue, "sndbuf_kib": sndbuf,
         "delivered": len(lat), "expected": clients * updates, "elapsed_s": round(elapsed, 2),
-        "p50_ms": round(statistics.median(lat) * 1000, 2) if lat else None,
-        "p99_ms": round(lat[max(0, int(len(lat) * 0.99) - 1)] * 1000, 2) if lat else None,
-        "max_ms": round(lat[-1] * 1000, 2) if lat else None,
+        "p50_ms": _pct(lat, 0.5), "p99_ms": _pct(lat, 0.99), "max_ms": _pct(lat, 1.0),
+        "while_stalled_p50_ms": _pct(before, 0.5), "while_stalled_p99_ms": _pct(before, 0.99),
+        "after_drop_p50_ms": _pct(after, 0.5), "after_drop_p99_ms": _pct(after, 0.99),
         "publish_p50_us": round(statistics.median(publish_cost) * 1e6, 1),
         "publish_max_us": round(max(publish_cost) * 1e6, 1),
         "stalled_client_dropped": dropped >= 1, "dropped": dropped,
@@ -181,8 +199,10 @@ if __name__ == "__main__":
     ap.add_argument("--rate", type=float, default=100.0)
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--pad", type=int, default=1500, help="bytes of padding per frame (a KPI frame is ~1-2 KB)")
-    ap.add_argument("--queue", type=int, default=64, help="http.websocket_queue (the per-client send queue)")
+    ap.add_argument("--queue", type=int, default=256, help="http.websocket_buffer_kib (per-client backlog)")
+    ap.add_argument("--sndbuf", type=int, default=64, help="http.websocket_socket_buffer_kib (SO_SNDBUF)")
     ap.add_argument("--procs", type=int, default=2, help="client worker processes")
     args = ap.parse_args()
-    out = asyncio.run(main(args.clients, args.rate, args.seconds, args.pad, args.queue, args.procs))
+    out = asyncio.run(main(args.clients, args.rate, args.seconds, args.pad, args.queue, args.sndbuf,
+                         args.procs))
     print(json.dumps(out, indent=1))

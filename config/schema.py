@@ -207,7 +207,8 @@ class HttpConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
     metrics_require_token: bool = True
-    websocket_queue: int = Field(256, ge=1)
+    websocket_buffer_kib: int = Field(256, ge=4)  # per websocket client, beyond the kernel's buffer: then dropped
+    websocket_socket_buffer_kib: int = Field(64, ge=0)  # SO_SNDBUF of websocket connections (0: the kernel's)
 
 
 class TokenConfig(_Strict):

@@ -329,7 +329,7 @@ def _tiny_recv_buffer_socket() -> socket.socket:
 
 
 async def test_a_slow_client_is_dropped_and_the_fast_one_gets_everything(make_rig: RigFactory) -> None:
-    rig = await make_rig({"http": {"websocket_queue": 4}})
+    rig = await make_rig({"http": {"websocket_buffer_kib": 64, "websocket_socket_buffer_kib": 16}})
     slow_sock = _tiny_recv_buffer_socket()
     await asyncio.get_running_loop().sock_connect(slow_sock, ("127.0.0.1", rig.port))
     # the slow client never reads: its library buffers one frame, then stops reading the socket
