@@ -78,6 +78,8 @@ def document() -> Schema:
     """The OpenAPI 3.0 document (a fresh dict)."""
     ok = {"200": _resp("OK", _OBJ)}
     created = {"201": _resp("created", _OBJ)}
+    saved = {**ok, "202": _resp("recorded, not yet confirmed by Redis (persisted: false); written when it is back",
+                                _OBJ)}
     paths: dict[str, Schema] = {
         "/healthz": {"get": _op("Health: AMI link and live calls", None, ok, tag="ops")},
         "/metrics": {"get": _op("Prometheus metrics", "metrics:read",
@@ -129,7 +131,7 @@ def document() -> Schema:
             _q("format", {"type": "string", "enum": ["json", "csv"]})], errors=(400,), tag="qa")},
         "/api/v1/qa/samples/run": {"post": _op("Sample a day's finished calls (default yesterday)", "qa:review",
                                                created, body=_body({"day": _DAY}), errors=(400,), tag="qa")},
-        "/api/v1/qa/samples/{id}/review": {"post": _op("Score a sampled call (QA-SCORE)", "qa:review", ok,
+        "/api/v1/qa/samples/{id}/review": {"post": _op("Score a sampled call (QA-SCORE)", "qa:review", saved,
                                                        params=[_path()], body=_body({
                                                            "attitude": {"type": "number", "minimum": 0, "maximum": 20},
                                                            "norms": {"type": "number", "minimum": 0, "maximum": 30},
@@ -137,7 +139,7 @@ def document() -> Schema:
                                                            "bonus": {"type": "number", "minimum": 0, "maximum": 10},
                                                            "fatal": {"type": "boolean"}, "comment": _STR}),
                                                        errors=(400, 404, 409, 422), tag="qa")},
-        "/api/v1/qa/samples/{id}/appeal": {"post": _op("Appeal a score (sends it to re-review)", "qa:read", ok,
+        "/api/v1/qa/samples/{id}/appeal": {"post": _op("Appeal a score (sends it to re-review)", "qa:read", saved,
                                                        params=[_path()], body=_body({"reason": _STR}, ["reason"]),
                                                        errors=(400, 404, 409), tag="qa")},
         "/api/v1/audit": {"get": _op("The audit trail, newest first", "audit:read", ok, params=[

@@ -40,6 +40,9 @@ class RedisWriter:
         self._idle.set()
         self._task: asyncio.Task[None] | None = None
         self.written = 0
+        self._submitted = 0  # operations accepted into the queue so far
+        self._settled = 0  # of those, finished (written, or dropped as a bug)
+        self._progress = asyncio.Event()
         self.dropped = 0  # queue full (Redis down too long)
         self.failures = 0
 
@@ -54,6 +57,7 @@ class RedisWriter:
             log.error("%s: Redis write queue full (%d): a change was not persisted", self.name, self._queue_limit)
             return
         self._queue.append(op)
+        self._submitted += 1
         self._idle.clear()
         self._wake.set()
 
@@ -66,6 +70,22 @@ class RedisWriter:
         if self._task is None:
             await self.start()
         await self._idle.wait()
+
+    async def settled(self, timeout_s: float) -> bool:
+        """Wait (at most ``timeout_s``) until every write submitted *so far* is in Redis — later ones
+        don't hold it up.  For API answers that must only say "saved" once it is: False = not yet (Redis
+        down or slow); the writes stay queued and are retried."""
+        target = self._submitted
+        if self._task is None:
+            await self.start()
+        try:
+            async with asyncio.timeout(timeout_s):
+                while self._settled < target:
+                    self._progress.clear()
+                    await self._progress.wait()
+        except TimeoutError:
+            return False
+        return True
 
     async def stop(self, timeout_s: float = 5.0) -> None:
         if self._task is None:
@@ -101,3 +121,5 @@ class RedisWriter:
             delay = 0.1
             self._queue.popleft()
             self.written += 1
+            self._settled += 1
+            self._progress.set()

@@ -238,6 +238,13 @@ class QaService:
     def _k(self, name: str) -> str:
         return f"{self.prefix}qa:{name}"
 
+    #: how long a review / appeal answer waits for Redis to confirm the write (then 202)
+    persist_timeout_s = 3.0
+
+    async def persisted(self) -> bool:
+        """True once every change made so far is in Redis (or there is no Redis: memory only)."""
+        return True if self.writer is None else await self.writer.settled(self.persist_timeout_s)
+
     def _save_sample(self, s: Sample) -> None:
         if self.writer is not None:
             key, value = self._k("sample"), _dumps(s.to_store())

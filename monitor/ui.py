@@ -58,7 +58,7 @@ from monitor.auth import (
     json_response,
 )
 from monitor.kpi import KpiPublisher, Wallboard
-from monitor.qa import QaError, QaService, samples_csv
+from monitor.qa import QaError, QaService, Sample, samples_csv
 from monitor.spy import Originate, SpyError, SpyService, SpySession, agent_teams, in_scope
 
 log = logging.getLogger(__name__)
@@ -428,7 +428,7 @@ async def qa_review(request: web.Request) -> web.Response:
         s = rt.qa.review(request.match_info["id"], principal.name, body)
     except QaError as e:
         raise json_error(_status(e.status), e.code, e.zh, e.en) from None
-    return json_response({"sample": s.to_json(rt.spy._wall(), rt.qa.tz)})
+    return await _saved(rt, s)
 
 
 async def qa_appeal(request: web.Request) -> web.Response:
@@ -442,7 +442,18 @@ async def qa_appeal(request: web.Request) -> web.Response:
         s = rt.qa.appeal(request.match_info["id"], principal.name, reason)
     except QaError as e:
         raise json_error(_status(e.status), e.code, e.zh, e.en) from None
-    return json_response({"sample": s.to_json(rt.spy._wall(), rt.qa.tz)})
+    return await _saved(rt, s)
+
+
+async def _saved(rt: UiRuntime, s: Sample) -> web.Response:
+    """200 once the review / appeal is in Redis; 202 (``persisted: false``) when Redis has not confirmed
+    it within a few seconds — it is kept, queued and written when Redis answers again."""
+    persisted = await rt.qa.persisted()
+    body: dict[str, Any] = {"sample": s.to_json(rt.spy._wall(), rt.qa.tz), "persisted": persisted}
+    if not persisted:
+        body["message"] = {"zh": "已记录,存储暂不可用,恢复后自动写入", "en": "recorded; the store is unavailable "
+                           "and it is written when the store is back"}
+    return json_response(body, status=200 if persisted else 202)
 
 
 # -- audit -----------------------------------------------------------------------------------

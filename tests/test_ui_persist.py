@@ -3,6 +3,7 @@ there is one, written behind and loaded back at start; without Redis they stay i
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -104,6 +105,39 @@ async def test_qa_samples_reviews_appeals_and_tallies_survive_a_restart(redis_cl
         qa2.review(picked[1], "qa2", {})  # the appeal goes on after the restart
     async with running(redis_client) as (_, rt3):
         assert {r["call"]: r["state"] for r in rt3.qa.query()}[picked[1]] == "rereviewed"
+
+
+async def test_a_review_is_answered_200_only_once_it_is_in_redis(redis_client: aioredis.Redis) -> None:
+    async with running(redis_client) as (tc, rt):
+        for c in _calls(30):
+            rt.qa.add(c)
+        picked = [s.call.id for s in rt.qa.run_sample(rt.qa.day_of(WALL))]
+        r = await tc.post("/api/v1/session", json={"name": "qa1", "password": PASSWORD})
+        headers = {"X-CSRF-Token": (await r.json())["csrf"]}
+        r = await tc.post(f"/api/v1/qa/samples/{picked[0]}/review", json={"attitude": 4}, headers=headers)
+        assert r.status == 200
+        assert (await r.json())["persisted"] is True
+        stored = json.loads(await redis_client.hget(f"{PREFIX}qa:sample", picked[0]) or "{}")
+        assert stored["reviews"][0]["score"] == 96.0  # already in Redis when the answer came
+
+        # Redis stops taking writes: the review is kept and the answer says so (202), then it is written
+        rt.qa.persist_timeout_s = 0.3
+        await redis_client.execute_command("CLIENT", "PAUSE", 60_000, "WRITE")
+        try:
+            r = await tc.post(f"/api/v1/qa/samples/{picked[1]}/review", json={"fatal": True}, headers=headers)
+            assert r.status == 202
+            body = await r.json()
+            assert body["persisted"] is False
+            assert "恢复后自动写入" in body["message"]["zh"]
+            assert body["sample"]["state"] == "reviewed"
+            assert await redis_client.hget(f"{PREFIX}qa:sample", picked[1]) is not None  # the sampled row only
+            assert json.loads(await redis_client.hget(f"{PREFIX}qa:sample", picked[1]) or "{}")["reviews"] == []
+        finally:
+            await redis_client.execute_command("CLIENT", "UNPAUSE")
+        assert rt.qa.writer is not None
+        assert await rt.qa.writer.settled(5.0)
+        stored = json.loads(await redis_client.hget(f"{PREFIX}qa:sample", picked[1]) or "{}")
+        assert stored["reviews"][0]["fatal"] is True
 
 
 async def test_qa_without_redis_stays_in_memory() -> None:
