@@ -298,6 +298,8 @@ async def test_wallboard_console_spy_and_ack_in_chromium(tmp_path: Path, browser
         assert raw["service_level"][:2] == [str(round(sl, 4)), f"{sl * 100:.1f}%"]
         assert raw["service_level"][2] == "tile red"  # 5 % against red at 70 %
         assert float(raw["asa_s"][0]) == pytest.approx(asa, abs=0.06)
+        talk = [c["first_hangup_t"] - c["answered_t"] for c in truth if c["answered"]]
+        assert float(raw["aht_s"][0]) == pytest.approx(sum(talk) / len(talk), abs=0.06)  # 18.0 s
         assert raw["abandon_rate"][1] == "30.0%"
         assert raw["calls_waiting"][:2] == ["0", "0"]
         assert raw["in_answer_today"][1] == str(late)

@@ -5,7 +5,7 @@ const I18N = {
   zh: {
     app: "实时话务监控", login: "登录", user: "用户名", password: "密码", logout: "退出",
     wallboard: "话务大屏", console: "班长监控台", qa: "质检", offline: "未连接", online: "已连接",
-    calls_waiting: "排队等待", longest_wait_s: "最长等待", service_level: "服务水平", asa_s: "平均应答速度",
+    calls_waiting: "排队等待", longest_wait_s: "最长等待", service_level: "服务水平", asa_s: "平均应答速度", aht_s: "平均通话时长",
     abandon_rate: "放弃率", in_answer_today: "超时接听(今日)", out_hours_today: "违规时段外呼(今日)",
     transfers_over_limit: "转接超时", callbacks_due: "待回电", callbacks_overdue: "回电超时",
     available: "空闲", ringing: "振铃", talking: "通话", wrapup: "话后整理", paused: "小休", offline_agents: "离线",
@@ -25,7 +25,7 @@ const I18N = {
     app: "Real-time call monitoring", login: "Log in", user: "User", password: "Password", logout: "Log out",
     wallboard: "Wallboard", console: "Supervisor console", qa: "Quality", offline: "offline", online: "live",
     calls_waiting: "Calls waiting", longest_wait_s: "Longest wait", service_level: "Service level",
-    asa_s: "Avg speed of answer", abandon_rate: "Abandon rate", in_answer_today: "Late answers today",
+    asa_s: "Avg speed of answer", aht_s: "Avg talk time", abandon_rate: "Abandon rate", in_answer_today: "Late answers today",
     out_hours_today: "Out-of-hours dials today", transfers_over_limit: "Transfers over limit",
     callbacks_due: "Callbacks due", callbacks_overdue: "Callbacks overdue",
     available: "Available", ringing: "Ringing", talking: "Talking", wrapup: "Wrap-up", paused: "Paused",
@@ -131,7 +131,8 @@ function renderKpi(k) {
   lastKpi = k;
   const v = k.values;
   const show = {calls_waiting: v.calls_waiting, longest_wait_s: fmtS(v.longest_wait_s), service_level: pct(v.service_level),
-    asa_s: v.asa_s === null ? "—" : fmtS(v.asa_s), abandon_rate: pct(v.abandon_rate), in_answer_today: v.in_answer_today,
+    asa_s: v.asa_s === null ? "—" : fmtS(v.asa_s), aht_s: v.aht_s === null || v.aht_s === undefined ? "—" : fmtS(v.aht_s),
+    abandon_rate: pct(v.abandon_rate), in_answer_today: v.in_answer_today,
     out_hours_today: v.out_hours_today, transfers_over_limit: v.transfers_over_limit,
     callbacks_due: v.callbacks_due ?? "—", callbacks_overdue: v.callbacks_overdue ?? "—"};
   for (const [name, text] of Object.entries(show)) {
