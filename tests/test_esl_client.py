@@ -147,7 +147,7 @@ async def test_login_subscribes_narrowly_then_resyncs(server: ScriptedEslServer,
         assert server.subscriptions == [FsTracker.subscription()]
         assert server.subscriptions[0] == (
             "event plain CHANNEL_CREATE CHANNEL_ANSWER CHANNEL_BRIDGE CHANNEL_HANGUP CHANNEL_EXECUTE RECORD_START "
-            "HEARTBEAT BACKGROUND_JOB CUSTOM callcenter::info")
+            "HEARTBEAT BACKGROUND_JOB CUSTOM callcenter::info ringwatch::disposition ringwatch::commitment")
         # the snapshot: the switch's clock, channels, calls, callcenter lists, then every queue's members
         assert [c for c, _ in rec.replies] == [
             "api strmicroepoch", "api show channels as json", "api show calls as json",

@@ -26,6 +26,8 @@ from telephony.esl.codec import EslEvent
 from telephony.esl.tracker import FsTracker
 from telephony.events import (
     AgentStateChanged,
+    CommitmentRequested,
+    DispositionReceived,
     DomainEvent,
     FirstHangup,
     ResyncDone,
@@ -564,3 +566,53 @@ def test_a_hand_off_done_by_the_phones_is_a_transfer_not_a_hang_up() -> None:
     assert answered.agent == "1003"
     assert (first.side, first.agent, first.at) == ("agent", "1003", 30.0)
     assert not tracker._by_leg
+
+
+# -- dispositions and commitments from FreeSWITCH (CUSTOM ringwatch::*) ----------------------------
+
+
+def custom_event(t: float, subclass: str, fields: list[tuple[str, str]]) -> dict[str, Any]:
+    """A ``text/event-plain`` frame as FreeSWITCH sends it for ``sendevent`` / the ``event`` application."""
+    from urllib.parse import quote
+    pairs = [("Event-Name", "CUSTOM"), ("Core-UUID", "840db224-2257-418f-9d4f-0ea4306af8a7"),
+             ("Event-Subclass", subclass), *fields]
+    body = "".join(f"{k}: {quote(v, safe='')}\n" for k, v in pairs) + "\n"
+    return frame(t, [("Content-Length", str(len(body.encode()))), ("Content-Type", "text/event-plain")], body)
+
+
+def with_frames(tmp: Path, name: str, extra: list[dict[str, Any]]) -> Path:
+    items = trace_lines(name)
+    eof = items.pop()
+    assert eof.get("eof")
+    merged = sorted([*items, *extra], key=lambda o: o["t"])  # stable: recorded frames keep their order
+    return write(tmp, f"{name}_plus", [*merged, {"t": max(eof["t"], merged[-1]["t"] + 0.1), "eof": True}])
+
+
+def test_a_disposition_from_the_agent_desktop_closes_the_outbound_wrapup(tmp_path: Path) -> None:
+    # F07: agent 1001's click-to-call ends at 20.03 s; 40 s later the desktop sends the outcome
+    path = with_frames(tmp_path, "F07_outbound_click_to_call", [custom_event(
+        60.0, "ringwatch::disposition", [("Agent", "1001"), ("Tag", "valid"), ("Note", "客户同意续保")])])
+    lines = replay_lines(path)
+    (call,) = calls(lines)
+    (update,) = [o for o in lines if o.get("type") == "disposition"]
+    assert (update["call"], update["tag"], update["late"]) == (call["id"], "valid", False)
+    (got,) = [e for e in domain_events(path) if isinstance(e, DispositionReceived)]
+    assert (got.agent, got.note, got.source) == (call["agent"], "客户同意续保", "pbx-event")
+
+
+def test_a_commitment_fired_on_the_call_names_the_call_and_its_agent(tmp_path: Path) -> None:
+    # F01: during the talk (5.1-15.1 s) the dialplan's `event` application fires on the caller's session
+    session = truth("F01_answered_caller_hangs_up")["expected"][0]["caller_channel_uuid"]
+    path = with_frames(tmp_path, "F01_answered_caller_hangs_up", [custom_event(
+        9.0, "ringwatch::commitment", [("Unique-ID", session), ("Kind", "callback"), ("Note", "明天上午回电")])])
+    (req,) = [e for e in domain_events(path) if isinstance(e, CommitmentRequested)]
+    assert (req.call_id, req.kind, req.agent, req.customer, req.note) == (
+        session, "callback", "1001@default", "", "明天上午回电")
+
+
+def test_a_site_event_without_a_call_is_ignored_not_guessed() -> None:
+    seen: list[DomainEvent] = []
+    tracker = FsTracker(seen.append)
+    tracker.handle(EslEvent([("Event-Name", "CUSTOM"), ("Event-Subclass", "ringwatch::disposition"),
+                             ("Agent", "1009"), ("Tag", "valid")]), 1.0)  # 1009 never had a call
+    assert seen == []

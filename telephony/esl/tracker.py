@@ -28,6 +28,10 @@ in the recordings of ``tests/fixtures/esl/README.md`` (FreeSWITCH 1.10.12, mod_c
 * outbound: the ``CHANNEL_CREATE`` of a trunk leg (``outbound_patterns``) bridged from
   another channel; answered = its ``CHANNEL_ANSWER``;
 * recordings: ``RECORD_START`` on any leg of the call;
+* dispositions and commitments: ``CUSTOM ringwatch::disposition`` (``Tag``, ``Note``) and
+  ``CUSTOM ringwatch::commitment`` (``Kind``, ``Customer``, ``Team``, ``Note``), fired by the
+  dialplan's ``event`` application on a leg of the call (its ``Unique-ID`` names the call) or by
+  ``sendevent`` from the agent desktop with ``Call-ID`` or ``Agent`` (that agent's last call);
 * supervisors listening in: ``CHANNEL_EXECUTE`` of ``eavesdrop`` (its data: the spied
   leg's Unique-ID) on the supervisor's channel starts it, that channel's ``CHANNEL_HANGUP``
   ends it.  A spy ringwatch asked for (:meth:`FsTracker.expect_spy`) is known by the
@@ -58,7 +62,9 @@ from telephony.events import (
     CallAnswered,
     CallEnded,
     CallOffered,
+    CommitmentRequested,
     Direction,
+    DispositionReceived,
     DomainEvent,
     FirstHangup,
     HangupSide,
@@ -79,6 +85,9 @@ from telephony.events import (
 log = logging.getLogger(__name__)
 
 CC_SUBCLASS = "callcenter::info"
+#: the site's own events (``event`` application / ``sendevent``): the equivalents of the AMI UserEvents
+DISPOSITION_SUBCLASS = "ringwatch::disposition"
+COMMITMENT_SUBCLASS = "ringwatch::commitment"
 _UNKNOWN_CID = {"", "unknown", "<unknown>", "anonymous", "outbound call", "default", "0000000000"}
 _NOANSWER_CAUSES = {"NO_ANSWER", "ALLOTTED_TIMEOUT", "NO_USER_RESPONSE", "PROGRESS_TIMEOUT", "MEDIA_TIMEOUT"}
 _VARS = re.compile(r"^(?:\{[^}]*\}|\[[^\]]*\]|<[^>]*>)+")
@@ -191,7 +200,7 @@ class FsTracker:
         "HEARTBEAT",
         "BACKGROUND_JOB",
     )
-    SUBCLASSES: tuple[str, ...] = (CC_SUBCLASS,)
+    SUBCLASSES: tuple[str, ...] = (CC_SUBCLASS, DISPOSITION_SUBCLASS, COMMITMENT_SUBCLASS)
     #: the codec drops the rest undecoded: CHANNEL_EXECUTE other than att_xfer / eavesdrop, members-count
     FILTER = EventFilter(
         frozenset(EVENTS),
@@ -206,6 +215,8 @@ class FsTracker:
         self.calls: dict[str, _Call] = {}
         self._by_leg: dict[str, _Call] = {}  # anchor, agent legs, consult legs -> call
         self._agents_by_ext: dict[str, str] = {}
+        #: agent name / extension -> (its last call, the agent's name): a disposition after the call
+        self._last_call_of_agent: dict[str, tuple[str, str]] = {}
         self._status: dict[str, str] = {}  # agent -> CC-Agent-Status
         self._state: dict[str, str] = {}  # agent -> CC-Agent-State
         self._legs = itertools.count(1)
@@ -268,6 +279,10 @@ class FsTracker:
                 handler = self._cc.get(ev.get("CC-Action") or "")
                 if handler is not None:
                     handler(ev, now)
+            elif ev.subclass == DISPOSITION_SUBCLASS:
+                self._on_disposition(ev, now)
+            elif ev.subclass == COMMITMENT_SUBCLASS:
+                self._on_commitment(ev, now)
             return
         handler = self._handlers.get(name)
         if handler is not None:
@@ -328,6 +343,60 @@ class FsTracker:
         else:
             state = "unknown"
         self._emit(AgentStateChanged(now, agent, None, state, paused, reason))
+
+    # -- the site's own events: dispositions, commitments ------------------------------
+
+    def _remember_last_call(self, agent: str, channel: str | None, call_id: str) -> None:
+        """An agent's last call, by its name and by its extension (a desktop may know either)."""
+        ext = agent.split("@", 1)[0]
+        for pattern in self.rules.agent_patterns if channel else ():
+            m = pattern.match(channel or "")
+            if m and m.groupdict().get("ext"):
+                ext = m.group("ext")
+                break
+        self._last_call_of_agent[agent] = (call_id, agent)
+        if ext:
+            self._last_call_of_agent[ext] = (call_id, agent)
+
+    def _site_event_call(self, ev: EslEvent) -> tuple[str | None, str | None]:
+        """(call id, agent) of a ``ringwatch::*`` event: ``Call-ID``, else the call of the leg that fired
+        it (``Unique-ID``), else the last call of ``Agent`` (name or extension) / of the firing phone."""
+        call = self._by_leg.get(ev.get("Unique-ID") or "")
+        named = ev.get("Agent") or None
+        agent: str | None
+        if named is not None:
+            agent = self._agents_by_ext.get(named, named)
+        else:
+            name = ev.get("Channel-Name")
+            agent = self._agent_for_channel(name, ev.get("Caller-Caller-ID-Name")) if name else None
+        if call is not None and (agent is None or named is None):
+            agent = call.connected_agent or agent
+        call_id = ev.get("Call-ID") or (call.call_id if call is not None else None)
+        if call_id is None:
+            for key in (agent, named):
+                last = self._last_call_of_agent.get(key) if key else None
+                if last is not None:
+                    call_id, agent = last
+                    break
+        return call_id, agent
+
+    def _on_disposition(self, ev: EslEvent, now: float) -> None:
+        call_id, agent = self._site_event_call(ev)
+        if not call_id:
+            log.warning("esl.tracker: %s without Call-ID, a call's Unique-ID or a known Agent ignored",
+                        DISPOSITION_SUBCLASS)
+            return
+        self._emit(DispositionReceived(now, call_id, (ev.get("Tag") or "").strip(), ev.get("Note") or "", agent,
+                                       "pbx-event"))
+
+    def _on_commitment(self, ev: EslEvent, now: float) -> None:
+        call_id, agent = self._site_event_call(ev)
+        kind = (ev.get("Kind") or "").strip()
+        if not call_id or not kind:
+            log.warning("esl.tracker: %s without a call or Kind ignored", COMMITMENT_SUBCLASS)
+            return
+        self._emit(CommitmentRequested(now, call_id, kind, ev.get("Customer") or "", agent, ev.get("Team") or None,
+                                       ev.get("Note") or None))
 
     # -- queue callers -----------------------------------------------------------------
 
@@ -439,6 +508,7 @@ class FsTracker:
         call.pending_hangup = None
         call.left_at = None
         call.connected_agent = agent
+        self._remember_last_call(agent, None, call.call_id)
         if leg:
             call.agent_legs[leg] = agent
             self._by_leg[leg] = call
@@ -524,6 +594,7 @@ class FsTracker:
         agent = self._agent_for_channel(chan, cid_name) or cid_name or chan
         call.agent_legs[origin] = agent
         call.connected_agent = agent
+        self._remember_last_call(agent, chan, call_id)
         self.calls[call_id] = call
         self._by_leg[uid] = call
         self._by_leg[origin] = call
