@@ -616,3 +616,51 @@ def test_a_site_event_without_a_call_is_ignored_not_guessed() -> None:
     tracker.handle(EslEvent([("Event-Name", "CUSTOM"), ("Event-Subclass", "ringwatch::disposition"),
                              ("Agent", "1009"), ("Tag", "valid")]), 1.0)  # 1009 never had a call
     assert seen == []
+
+
+def outbound_late_start(tmp: Path, at: float) -> Path:
+    """F07 as seen by a monitor that connected at ``at`` s, mid-call: login, a snapshot, then the rest.
+    No recording has a snapshot of a click-to-call, so the ``show channels`` / ``show calls`` replies
+    are written from the trace's own truth (channel names, Unique-IDs, caller IDs, creation and
+    answer times) in the columns FreeSWITCH 1.10 uses (F12's replies); everything after is recorded."""
+    items = trace_lines("F07_outbound_click_to_call")
+    chans = truth("F07_outbound_click_to_call")["channels"]
+    by_name = {c["channel"]: c for c in chans}
+    handset, customer = by_name["loopback/handset1001-a"], by_name["loopback/customer5551234-a"]
+    rows = []
+    for c in chans:
+        if c["t_created"] > at:
+            continue
+        rows.append({
+            "uuid": c["uuid"], "direction": c["direction"], "name": c["channel"],
+            "created_epoch": str(epoch_at(items, c["t_created"]) // 1_000_000),
+            "state": "CS_EXCHANGE_MEDIA", "cid_name": c["cid_name"], "cid_num": c["cid_num"], "dest": c["dest"],
+            "context": "default", "callstate": "ACTIVE" if c["t_answered"] <= at else "RINGING",
+            # a bridged B leg carries its A leg's uuid (Channel-Call-UUID in its events)
+            "call_uuid": handset["uuid"] if c is customer else c["uuid"],
+        })
+    channels = json.dumps({"row_count": len(rows), "rows": rows})
+    calls_doc = json.dumps({"row_count": 1, "rows": [{"uuid": handset["uuid"], "b_uuid": customer["uuid"]}]})
+    later = [o for o in items if o["t"] > at + 0.002 and "event" in o]
+    lines = [*login(at), *api(at + 0.001, "strmicroepoch", str(epoch_at(items, at + 0.001))),
+             *api(at + 0.002, "show channels as json", channels), *api(at + 0.002, "show calls as json", calls_doc),
+             *later, {"t": items[-1]["t"], "eof": True}]
+    return write(tmp, "F07_late_start", lines)
+
+
+@pytest.mark.parametrize("at", [6.0, 15.0])  # the customer ringing (answered at 10.06 s) / talking
+def test_late_start_adopts_an_outbound_call_in_progress(tmp_path: Path, at: float) -> None:
+    path = outbound_late_start(tmp_path, at)
+    (done,) = [e for e in domain_events(path) if isinstance(e, ResyncDone)]
+    assert (done.calls, done.added) == (1, 1)
+    (call,) = calls(replay_lines(path))
+    exp = truth("F07_outbound_click_to_call")["expected"][0]
+    assert (call["direction"], call["caller"], call["lost"]) == ("outbound", "5****34", False)  # 5551234, masked
+    assert call["agent"] == "坐席1001"  # as when the dial is seen live (test_outbound_click_to_call_record)
+    # dialled at 2.05 s: snapshot epochs are whole seconds, rounded up (never early)
+    assert exp["offered_t"] <= call["offered_at"] <= exp["offered_t"] + 1.0
+    if at < exp["answered_t"]:
+        assert call["answered_at"] == pytest.approx(exp["answered_t"], abs=0.01)  # seen live
+    else:
+        assert call["answered_at"] == pytest.approx(at + 0.002, abs=0.01)  # known from the snapshot
+    assert (call["first_hangup"], call["ended_at"]) == ("customer", pytest.approx(exp["first_hangup_t"], abs=0.01))

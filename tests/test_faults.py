@@ -36,7 +36,7 @@ from monitor.engine import Monitor
 from telephony.ami.adapter import AsteriskAdapter, channel_rules
 from telephony.ami.client import backoff
 from telephony.ami.codec import AmiDecoder, Banner, Message, encode_message
-from telephony.ami.simulator import CallPlan, QueueSpec, SimConfig, SimulatedPbx, Simulator
+from telephony.ami.simulator import CallPlan, OutboundPlan, QueueSpec, SimConfig, SimulatedPbx, Simulator
 from telephony.ami.simwire import Pairs
 
 pytestmark = pytest.mark.usefixtures("no_leftover_tasks")
@@ -149,6 +149,32 @@ async def test_link_drop_reconnect_resync_closes_the_call_that_ended_meanwhile(m
     b_rec = rig.by_caller(CALL_B.caller)
     assert (b_rec["lost"], b_rec["agent"], b_rec["first_hangup"]) == (False, "Agent 7002", "customer")
     assert rig.adapter.stats.reconnects == 1
+
+
+async def test_an_outbound_call_dialled_while_the_link_was_down_is_adopted_at_the_resync(make_rig: Any) -> None:
+    sim = Simulator(SITE)
+    # 7003 clicks to call 13912345678 at 12 s: its phone answers at 14 s, the customer at 20 s, talks 30 s
+    sim.place_outbound(12.0, OutboundPlan("7003", "13912345678", agent_ring_s=2.0, ring_s=6.0, talk_s=30.0))
+    rig: Rig = await make_rig(sim)
+    await rig.play(10.0)
+    rig.pbx.refuse(None)
+    await rig.pbx.drop()
+    await rig.until(lambda: not rig.adapter.connected)
+    await rig.play(25.0)  # dialled and answered while ringwatch was away
+    assert rig.tracker_live == 0
+    rig.pbx.allow()
+    await rig.until(lambda: rig.adapter.connected and rig.monitor.link.resyncs >= 2)
+    assert rig.tracker_live == 1
+    (live,) = rig.monitor.calls.values()
+    assert (live.direction, live.caller, live.agent) == ("outbound", "13912345678", "Agent 7003")
+    assert live.answered_at is not None  # the customer's leg was up in the snapshot
+    # the customer's leg was dialled at 14 s: offered that long before the snapshot (whole seconds)
+    assert live.answered_at - live.offered_at == pytest.approx(sim.now - 14.0, abs=1.0)
+    await rig.play(None)  # the customer hangs up at 50 s, seen live
+    await rig.until(lambda: rig.tracker_live == 0)
+    rec = rig.by_caller("13912345678")
+    assert (rec["direction"], rec["lost"], rec["first_hangup"], rec["agent"]) == (
+        "outbound", False, "customer", "Agent 7003")
 
 
 async def test_refused_connections_back_off_exponentially_then_resync(make_rig: Any) -> None:

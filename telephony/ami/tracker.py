@@ -678,7 +678,7 @@ class AmiTracker:
             return
         self._start_outbound(msg, chan, dest, now)
 
-    def _start_outbound(self, msg: Message, chan: str, dest: str, now: float) -> None:
+    def _start_outbound(self, msg: Message, chan: str, dest: str, now: float, since: float | None = None) -> _Call:
         uid = msg.get("DestUniqueid") or dest
         lid = msg.get("Linkedid") or uid
         call_id = lid if lid not in self.calls else f"{lid}/{uid}"
@@ -695,7 +695,9 @@ class AmiTracker:
         self._last_call_of_agent[agent] = call_id
         exten = msg.get("Exten") or ""
         number = exten if exten[-4:].isdigit() else (msg.get("DestCallerIDNum") or msg.get("DestExten") or "")
-        self._emit(CallOffered(now, call_id, "outbound", number, "", now, agent, trunk=trunk_of(dest)))
+        self._emit(CallOffered(now, call_id, "outbound", number, "", now if since is None else since, agent,
+                               trunk=trunk_of(dest)))
+        return call
 
     def _on_blind_transfer(self, msg: Message, now: float) -> None:
         if msg.get("Result") != "Success":
@@ -927,7 +929,50 @@ class AmiTracker:
             agent = self._members.get(channel_base(name), channel_base(name))
             since = now - _duration_s(m.get("Duration"))
             self._start_ring(owner, name, m.get("Uniqueid") or name, agent, owner.queue, now, since)
+        added += self._adopt_outbound(channels, now)
         self._emit(ResyncDone(now, len(self.calls), closed, added))
+
+    def _adopt_outbound(self, channels: list[Message], now: float) -> int:
+        """Outbound dials in progress that we did not see start (ringwatch started, or the link was down):
+        a customer leg (``outbound_patterns``; a Local channel's ``;1`` half) of a Linkedid we do not know,
+        dialled by the channel of the same Linkedid that runs ``Dial`` (its ``Exten`` is the number)."""
+        dialers: dict[str, Message] = {}  # Linkedid -> the channel running Dial: O(channels) per reconcile
+        for c in channels:
+            if c.get("Application") == "Dial" and c.get("Linkedid"):
+                dialers.setdefault(c.get("Linkedid") or "", c)
+        added = 0
+        for m in channels:
+            name = m.get("Channel") or ""
+            uid = m.get("Uniqueid") or ""
+            lid = m.get("Linkedid") or uid
+            if name.endswith(";2") or uid in self._by_uid or lid in self._by_linkedid:
+                continue
+            dialer = dialers.get(lid)
+            if dialer is None or dialer is m or local_pair(dialer.get("Channel") or "") == local_pair(name):
+                continue  # nobody dials it: not a call ringwatch can attribute
+            base = channel_base(name)
+            if not (any(p.match(base) for p in self.rules.outbound_patterns)
+                    or (dialer.get("Context") in self.rules.outbound_contexts
+                        and self._agent_for_channel(name) is None)):
+                continue
+            chan = dialer.get("Channel") or ""
+            fake = Message([
+                ("Event", "DialBegin"),
+                ("Channel", chan),
+                ("CallerIDName", dialer.get("CallerIDName") or ""),
+                ("Context", dialer.get("Context") or ""),
+                ("Exten", dialer.get("Exten") or ""),
+                ("Linkedid", lid),
+                ("DestChannel", name),
+                ("DestUniqueid", uid),
+                ("DestCallerIDNum", m.get("Exten") or ""),
+            ])
+            call = self._start_outbound(fake, chan, name, now, since=now - _duration_s(m.get("Duration")))
+            added += 1
+            if m.get("ChannelStateDesc") == "Up":
+                call.answered = True
+                self._emit(CallAnswered(now, call.call_id, call.anchor_uid, call.connected_agent or "unknown", None))
+        return added
 
     def _adopt_connected(self, call: _Call, caller: Message, bridged: dict[str, list[Message]], now: float) -> None:
         for m in bridged.get(caller.get("BridgeId") or "", ()):

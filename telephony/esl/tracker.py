@@ -586,7 +586,7 @@ class FsTracker:
         name = ev.get("Channel-Name") or ""
         return any(p.match(name) for p in self.rules.outbound_patterns)
 
-    def _start_outbound(self, ev: EslEvent, uid: str, origin: str, now: float) -> None:
+    def _start_outbound(self, ev: EslEvent, uid: str, origin: str, now: float, since: float | None = None) -> _Call:
         call_id = origin if origin not in self.calls else f"{origin}/{uid}"
         call = _Call(call_id, uid, self._seq, "outbound", {uid})
         chan = ev.get("Other-Leg-Channel-Name") or ""
@@ -602,7 +602,8 @@ class FsTracker:
         if not number[-4:].isdigit():
             dest = ev.get("Caller-Destination-Number") or ""
             number = re.sub(r"^\D+", "", dest) or _known(ev.get("Caller-Callee-ID-Number"))
-        self._emit(CallOffered(now, call_id, "outbound", number, "", now, agent))
+        self._emit(CallOffered(now, call_id, "outbound", number, "", now if since is None else since, agent))
+        return call
 
     def _on_answer(self, ev: EslEvent, now: float) -> None:
         uid = ev.get("Unique-ID") or ""
@@ -917,6 +918,7 @@ class FsTracker:
             call.member, call.queue, call.in_queue = row.get("uuid"), queue, True
             self._emit(QueueJoined(now, call.call_id, queue, local(row.get("joined_epoch"))))
             self._reconcile_queue(call, row, agents, channels, now, local)
+        added += self._adopt_outbound(channels, snap.get("calls") or [], now, local)
         for name, row in agents.items():
             if not name:
                 continue
@@ -925,6 +927,41 @@ class FsTracker:
             self._state[name] = row.get("state", "")
             self._agent_changed(name, now)
         self._emit(ResyncDone(now, len(self.calls), closed, added))
+
+    def _adopt_outbound(self, channels: Mapping[str, dict[str, str]], calls: list[dict[str, str]], now: float,
+                        local: Callable[[str | None], float]) -> int:
+        """Outbound dials in progress that we did not see start: a customer leg (``outbound_patterns``, or
+        dialled from an ``outbound_contexts`` context) unknown to us, with the channel that dialled it
+        (its ``call_uuid``, else its pair in ``show calls``).  Answered when its callstate is ``ACTIVE``."""
+        peer_of = {r.get("b_uuid", ""): r.get("uuid", "") for r in calls if r.get("b_uuid")}
+        added = 0
+        for uid, row in channels.items():
+            if not uid or uid in self._by_leg:
+                continue
+            origin = row.get("call_uuid", "")
+            if not origin or origin == uid:
+                origin = peer_of.get(uid, "")
+            dialer = channels.get(origin)
+            if dialer is None or origin in self._by_leg:
+                continue
+            name = row.get("name", "")
+            if not (any(p.match(name) for p in self.rules.outbound_patterns)
+                    or dialer.get("context", "") in self.rules.outbound_contexts):
+                continue
+            dest = dialer.get("dest", "")
+            fake = EslEvent([
+                ("Event-Name", "CHANNEL_CREATE"), ("Unique-ID", uid), ("Channel-Name", name),
+                ("Caller-Destination-Number", row.get("dest", "")), ("Other-Leg-Unique-ID", origin),
+                ("Other-Leg-Channel-Name", dialer.get("name", "")),
+                ("Other-Leg-Caller-ID-Name", dialer.get("cid_name", "")),
+                ("Other-Leg-Destination-Number", dest if re.fullmatch(r"\+?\d+", dest) else ""),
+            ])
+            call = self._start_outbound(fake, uid, origin, now, since=local(row.get("created_epoch")))
+            added += 1
+            if row.get("callstate") == "ACTIVE":
+                call.answered = True
+                self._emit(CallAnswered(now, call.call_id, uid, call.connected_agent or "unknown", None))
+        return added
 
     def _reconcile_queue(self, call: _Call, row: dict[str, str] | None, agents: Mapping[str, dict[str, str]],
                          channels: Mapping[str, dict[str, str]], now: float,
