@@ -81,7 +81,7 @@ def document() -> Schema:
     saved = {**ok, "202": _resp("recorded, not yet confirmed by Redis (persisted: false); written when it is back",
                                 _OBJ)}
     paths: dict[str, Schema] = {
-        "/healthz": {"get": _op("Health: AMI link and live calls", None, ok, tag="ops")},
+        "/healthz": {"get": _op("Health: PBX link (AMI or ESL) and live calls", None, ok, tag="ops")},
         "/metrics": {"get": _op("Prometheus metrics", "metrics:read",
                                 {"200": _resp("text format", _STR, "text/plain")}, tag="ops")},
         "/ws": {"get": _op("Websocket: alerts, notices, kpi and spy frames (upgrade)", "alerts:read",

@@ -8,7 +8,8 @@ running handlers (a websocket is one) *before* it runs the cleanup contexts.
 
 Routes (every error is JSON: ``{"error": code, "message": {"zh", "en"}}``):
 
-* ``GET /healthz`` (no token): ``{status: ok|degraded, ami_connected, live_calls}``
+* ``GET /healthz`` (no token): ``{status: ok|degraded, pbx, pbx_connected, ami_connected, live_calls}``
+  (``ami_connected``: the same as ``pbx_connected``, kept for checks written before FreeSWITCH)
 * ``GET /metrics`` (``metrics:read``; no token when ``http.metrics_require_token`` is false)
 * ``GET /ws`` (any role): live alerts, see ``alerts.ws``
 * ``GET /api/v1/alerts?state=open|acked|resolved&kind=violation|notice&limit=N`` (``alerts:read``):
@@ -215,8 +216,9 @@ def _error_response(status: int, code: str, zh: str, en: str) -> web.Response:
 async def healthz(request: web.Request) -> web.Response:
     app = request.app
     connected = app[METRICS].link.connected
-    return json_response({"status": "ok" if connected else "degraded", "ami_connected": connected,
-                  "live_calls": len(app[MONITOR].calls)})
+    return json_response({"status": "ok" if connected else "degraded", "pbx": app[CONFIG].pbx.kind,
+                          "pbx_connected": connected, "ami_connected": connected,
+                          "live_calls": len(app[MONITOR].calls)})
 
 
 async def metrics_handler(request: web.Request) -> web.Response:

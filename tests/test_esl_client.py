@@ -439,7 +439,7 @@ async def test_daemon_attaches_to_freeswitch_when_configured(server: ScriptedEsl
         assert "m9" in daemon.monitor.calls
         async with aiohttp.ClientSession() as http:
             health = await (await http.get(f"http://127.0.0.1:{daemon.http_port}/healthz")).json()
-        assert health["ami_connected"] is True  # the key predates FreeSWITCH: "the PBX link"
+        assert (health["pbx"], health["pbx_connected"], health["ami_connected"]) == ("freeswitch", True, True)
         assert health["live_calls"] == 1, health
     finally:
         await daemon.stop()

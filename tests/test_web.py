@@ -411,12 +411,14 @@ async def test_websocket_is_refused_while_shutting_down(rig: Rig) -> None:
 async def test_healthz_needs_no_token_and_reports_the_link(rig: Rig, http: aiohttp.ClientSession) -> None:
     async with http.get(f"{rig.base}/healthz") as resp:
         assert resp.status == 200
-        assert await resp.json() == {"status": "degraded", "ami_connected": False, "live_calls": 0}
+        assert await resp.json() == {"status": "degraded", "pbx": "asterisk", "pbx_connected": False,
+                                      "ami_connected": False, "live_calls": 0}
     rig.monitor.handle(LinkUp(rig.clock.now(), "asterisk"))
     t = rig.clock.now()
     rig.monitor.handle(CallOffered(t, "c1", "inbound", CALLER, "张三", t))
     async with http.get(f"{rig.base}/healthz") as resp:
-        assert await resp.json() == {"status": "ok", "ami_connected": True, "live_calls": 1}
+        assert await resp.json() == {"status": "ok", "pbx": "asterisk", "pbx_connected": True,
+                                      "ami_connected": True, "live_calls": 1}
 
 
 @pytest.mark.parametrize(("path", "method"), [("/api/v1/alerts", "GET"), ("/api/v1/calls", "GET"),
