@@ -15,7 +15,9 @@ compliance module for DNC changes):
 
 Nothing here ever trims or deletes (no ``MAXLEN``, no ``XDEL``): retention is the operator's
 call.  :meth:`AuditLog.record` never blocks (a bounded queue and one writer task, retried with
-backoff while Redis is down); :meth:`AuditLog.flush` waits until what was recorded is written.
+backoff while Redis is down); :meth:`AuditLog.flush` waits until what was recorded is written;
+:meth:`AuditLog.record_durable` records and waits (bounded) until that entry is in Redis — for
+actions that must not happen unaudited (listening in on a call).
 Without Redis (``client=None``, tests, commitments disabled) entries stay in memory (bounded).
 
 As an alert-hub sink the log records alert acks / resolves and the commitment changes the
@@ -94,6 +96,8 @@ class AuditLog:
         self.written = 0
         self.dropped = 0  # queue full (Redis down too long)
         self.failures = 0
+        self._queued = 0  # entries ever queued for Redis
+        self._progress = asyncio.Event()  # set whenever the writer has written one
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -115,19 +119,43 @@ class AuditLog:
 
     # -- writing -----------------------------------------------------------------------------
 
-    def record(self, actor: str, action: str, target: str, details: dict[str, Any] | None = None) -> None:
-        """Queue an entry (never blocks, never raises); written in order by the writer task."""
+    def record(self, actor: str, action: str, target: str, details: dict[str, Any] | None = None) -> int | None:
+        """Queue an entry (never blocks, never raises); written in order by the writer task.  Returns its
+        place in the write order (None: kept in memory only, or dropped)."""
         e = entry(actor, action, target, details, self._now())
         if self.client is None:
             self._store_memory(e)
-            return
+            return None
         if len(self._queue) >= self._queue_limit:
             self.dropped += 1
             log.error("audit: queue full (%d), entry %s by %s dropped", self._queue_limit, action, actor)
-            return
+            return None
         self._queue.append(e)
+        self._queued += 1
         self._idle.clear()
         self._wake.set()
+        return self._queued
+
+    async def record_durable(self, actor: str, action: str, target: str, details: dict[str, Any] | None = None,
+                             *, timeout_s: float = 3.0) -> bool:
+        """Record an entry and wait until it is in Redis (True), at most ``timeout_s`` (False: Redis down or
+        slow; the entry stays queued and is written when Redis answers).  Without Redis: True (memory)."""
+        if self.client is None:
+            self.record(actor, action, target, details)
+            return True
+        place = self.record(actor, action, target, details)
+        if place is None:
+            return False
+        if self._task is None:
+            await self.start()
+        try:
+            async with asyncio.timeout(timeout_s):
+                while self._queued - len(self._queue) < place:
+                    self._progress.clear()
+                    await self._progress.wait()
+        except TimeoutError:
+            return False
+        return True
 
     def _store_memory(self, e: dict[str, str]) -> str:
         entry_id = f"{int(float(e['ts']) * 1000)}-{next(self._seq)}"
@@ -164,6 +192,7 @@ class AuditLog:
             delay = 0.1
             self._queue.popleft()
             self.written += 1
+            self._progress.set()
 
     @property
     def pending(self) -> int:

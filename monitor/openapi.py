@@ -107,7 +107,7 @@ def document() -> Schema:
                                                "calls:spy", created, params=[_path()], body=_body({
                                                    "mode": {"type": "string", "enum": ["listen", "whisper", "barge"]},
                                                    "qa": {"type": "string", "enum": ["random", "onsite"]},
-                                                   "agent": _STR}), errors=(400, 404, 409, 422, 501, 502))},
+                                                   "agent": _STR}), errors=(400, 404, 409, 422, 501, 502, 503))},
         "/api/v1/spy": {"get": _op("Spy sessions (my teams)", "calls:spy", ok)},
         "/api/v1/agents": {"get": _op("Agents: state, since, current call, violations today", "agents:read", ok)},
         "/api/v1/kpi": {"get": _op("Wallboard KPIs (also pushed as kpi frames)", "kpi:read", ok)},

@@ -7,7 +7,9 @@ adapter to do it (``AsteriskAdapter.spy``: an AMI Originate of the supervisor's 
 SpyStarted / SpyStopped events (ChanSpyStart / ChanSpyStop) make it ``active`` and ``ended``.
 
 Every request, start and end is in the audit trail (``spy.request``, ``spy.start``,
-``spy.end``: who, whom, which call, mode, start and end).  A session that starts counts for
+``spy.end``: who, whom, which call, mode, start and end).  The request is written to Redis
+*before* the PBX is asked: when the audit trail cannot be written (Redis down), listening in is
+refused (503 ``audit_unavailable``), never done unaudited.  A session that starts counts for
 QA-LIVE (``monitor.qa``): ``random`` (a silent listen, 随机监听) or ``onsite`` (the agent is
 aware: whisper or barge, 现场监听) unless the request says otherwise.
 """
@@ -102,6 +104,9 @@ def alert_in_scope(principal: Principal, ui: UiConfig, alert: Alert) -> bool:
 class SpyService:
     """Spy sessions; feed it the monitor's events (``Monitor.on_event``)."""
 
+    #: how long a request waits for Redis to confirm its audit entry before it is refused
+    audit_timeout_s = 3.0
+
     def __init__(self, ui: UiConfig, monitor: Monitor, audit: AuditLog, originate: Originate | None,
                  wall: Callable[[], float], keep: int = 1000) -> None:
         self.ui = ui
@@ -115,7 +120,7 @@ class SpyService:
         self._listeners: list[MonitoringListener] = []
         self._changes: list[Callable[[SpySession], None]] = []
         #: sessions whose originate is in flight -> the PBX's events for them meanwhile (a fast
-        #: failure or start can come before the originate returns: replayed after spy.request)
+        #: failure or start can come before the originate returns: replayed once it has)
         self._in_flight: dict[str, list[SpyStarted | SpyStopped]] = {}
         monitor.on_event(self.on_event)
 
@@ -161,6 +166,14 @@ class SpyService:
         s = SpySession(f"S{next(self._ids)}", principal.name, target, call_id, m, kind, principal.phone, self._wall())
         self._keep_session(s)
         details = {"mode": m, "agent": target, "qa": kind, "spy": s.id}
+        # no listening in that the audit trail does not already hold: the request is in Redis first
+        if not await self.audit.record_durable(principal.name, "spy.request", call_id, details,
+                                               timeout_s=self.audit_timeout_s):
+            s.state = "failed"
+            self.audit.record(principal.name, "spy.failed", call_id, {**details, "reason": "audit_unavailable"})
+            log.error("spy %s by %s refused: the audit trail could not be written", s.id, principal.name)
+            raise SpyError(503, "audit_unavailable", "审计记录无法写入,已拒绝监听",
+                           "the audit trail cannot be written: listening refused")
         self._in_flight[s.id] = []
         try:
             s.channel = await self.originate(principal.phone, call_id, target, m, self.ui.spy_options, s.id)
@@ -179,7 +192,6 @@ class SpyService:
         except BaseException:  # cancelled: nothing more is recorded for it
             self._in_flight.pop(s.id, None)
             raise
-        self.audit.record(principal.name, "spy.request", call_id, details)
         for ev in self._in_flight.pop(s.id, []):
             self.on_event(ev)
         return s

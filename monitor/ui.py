@@ -215,9 +215,15 @@ def _bad(name: str, zh: str, en: str) -> web.HTTPException:
     return json_error(web.HTTPBadRequest, "bad_request", f"参数 {name} 无效:{zh}", f"invalid {name}: {en}")
 
 
+_ERROR_CLASSES: Final[dict[int, type[web.HTTPException]]] = {
+    cls.status_code: cls for cls in (web.HTTPForbidden, web.HTTPNotFound, web.HTTPConflict,
+                                     web.HTTPUnprocessableEntity, web.HTTPBadRequest, web.HTTPNotImplemented,
+                                     web.HTTPBadGateway, web.HTTPServiceUnavailable)}
+
+
 def _status(status: int) -> type[web.HTTPException]:
-    return {403: web.HTTPForbidden, 404: web.HTTPNotFound, 409: web.HTTPConflict, 422: web.HTTPUnprocessableEntity,
-            501: web.HTTPNotImplemented, 502: web.HTTPBadGateway}.get(status, web.HTTPBadRequest)
+    """The aiohttp error class of a service error's status (an unlisted one is a bug: 500, never a 4xx)."""
+    return _ERROR_CLASSES.get(status, web.HTTPInternalServerError)
 
 
 def _check_query(request: web.Request, known: set[str]) -> None:

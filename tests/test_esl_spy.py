@@ -218,7 +218,8 @@ async def test_the_agent_has_no_leg_any_more_409_and_nothing_is_sent(rig: Rig) -
     assert (await r.json())["error"] == "no_channel"
     assert rig.originates() == []
     entries = await rig.ui.audit.query(limit=100, action="spy")
-    assert [(e["action"], e["details"]["reason"]) for e in entries] == [("spy.failed", "no_channel")]
+    assert [(e["action"], e["details"].get("reason")) for e in reversed(entries)] == [
+        ("spy.request", None), ("spy.failed", "no_channel")]
 
 
 def test_an_eavesdrop_started_elsewhere_is_seen_without_a_request_id() -> None:

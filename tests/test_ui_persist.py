@@ -22,6 +22,7 @@ from monitor.qa import Finished
 from monitor.redis_embedded import EmbeddedRedis
 from monitor.ui import UI, UiRuntime
 from monitor.web import build_app
+from telephony.events import AgentRinging, CallAnswered, CallOffered, QueueJoined
 
 pytestmark = pytest.mark.usefixtures("no_leftover_tasks")
 
@@ -138,6 +139,53 @@ async def test_a_review_is_answered_200_only_once_it_is_in_redis(redis_client: a
         assert await rt.qa.writer.settled(5.0)
         stored = json.loads(await redis_client.hget(f"{PREFIX}qa:sample", picked[1]) or "{}")
         assert stored["reviews"][0]["fatal"] is True
+
+
+async def test_no_listening_in_without_an_audit_entry_in_redis(redis_client: aioredis.Redis) -> None:
+    cfg = Config.model_validate({"ui": {"cookie_secure": False, "users": [
+        {"name": "sup-a", "role": "supervisor", "teams": ["a"], "phone": "PJSIP/8001", "password_hash": HASH}],
+        "teams": {"a": {"agents": ["Agent 7001"]}}}})
+    async with running(redis_client, cfg) as (tc, rt):
+        sent: list[str] = []
+
+        async def originate(phone: str, call: str, agent: str, mode: str, options: str, spy_id: str) -> str:
+            # what the PBX is asked happens only after the request is in the audit stream
+            stream = await redis_client.xrange(f"{PREFIX}audit")
+            assert [f["action"] for _, f in stream][-1] == "spy.request"
+            sent.append(call)
+            return "PJSIP/7001-00000001"
+
+        rt.set_originate(originate)
+        m = rt.spy.monitor
+        m.handle(CallOffered(0.0, "c1", "inbound", "+8613900000001", "张三", 0.0))
+        m.handle(QueueJoined(0.0, "c1", "support", 0.0))
+        m.handle(AgentRinging(0.0, "c1", "leg1", "Agent 7001", "support", 0.0))
+        m.handle(CallAnswered(1.0, "c1", "leg1", "Agent 7001", "support"))
+        r = await tc.post("/api/v1/session", json={"name": "sup-a", "password": PASSWORD})
+        headers = {"X-CSRF-Token": (await r.json())["csrf"]}
+        r = await tc.post("/api/v1/calls/c1/spy", json={"mode": "listen"}, headers=headers)
+        assert r.status == 201, await r.text()
+        assert sent == ["c1"]
+
+        # Redis stops taking writes: the request cannot be audited, so the PBX is never asked
+        rt.spy.audit_timeout_s = 0.3
+        await redis_client.execute_command("CLIENT", "PAUSE", 60_000, "WRITE")
+        try:
+            r = await tc.post("/api/v1/calls/c1/spy", json={"mode": "barge"}, headers=headers)
+            assert r.status == 503
+            body = await r.json()
+            assert body["error"] == "audit_unavailable"
+            assert "审计" in body["message"]["zh"]
+        finally:
+            await redis_client.execute_command("CLIENT", "UNPAUSE")
+        assert sent == ["c1"]
+        await rt.audit.flush()
+    # the refused request and why are in the trail once Redis takes writes again
+    stream = await redis_client.xrange(f"{PREFIX}audit")
+    spy = [(f["action"], json.loads(f["details"]).get("mode"), json.loads(f["details"]).get("reason"))
+           for _, f in stream if f["action"].startswith("spy.")]
+    assert spy == [("spy.request", "listen", None), ("spy.request", "barge", None),
+                   ("spy.failed", "barge", "audit_unavailable")]
 
 
 async def test_qa_without_redis_stays_in_memory() -> None:
