@@ -26,9 +26,7 @@ commitment service announces (notices carrying ``details.change``).
 
 from __future__ import annotations
 
-import asyncio
 import collections
-import contextlib
 import itertools
 import json
 import logging
@@ -37,9 +35,9 @@ from collections.abc import Callable
 from typing import Any, Final
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
 from alerts.hub import AlertChange
+from monitor.persist import RedisWriter
 
 log = logging.getLogger(__name__)
 
@@ -74,129 +72,94 @@ def decode(entry_id: str, fields: dict[str, str]) -> dict[str, Any]:
 
 
 class AuditLog:
-    """Append-only audit trail in Redis (or in memory without a client)."""
+    """Append-only audit trail in Redis (or in memory without a client).  Writes go through a
+    :class:`monitor.persist.RedisWriter` (bounded, in order, retried while Redis is down)."""
 
     name = "audit"
 
     def __init__(self, client: aioredis.Redis | None, key: str = "ringwatch:audit", *,
                  now: Callable[[], float] = time.time, queue_limit: int = 10_000, memory_limit: int = 100_000,
                  retry_max_s: float = 30.0) -> None:
-        self.client = client
         self.key = key
         self._now = now
-        self._queue: collections.deque[dict[str, str]] = collections.deque()
         self._queue_limit = queue_limit
+        self._retry_max = retry_max_s
         self._memory: collections.deque[tuple[str, dict[str, str]]] = collections.deque(maxlen=memory_limit)
         self._seq = itertools.count()
-        self._wake = asyncio.Event()
-        self._idle = asyncio.Event()
-        self._idle.set()
-        self._retry_max = retry_max_s
-        self._task: asyncio.Task[None] | None = None
-        self.written = 0
-        self.dropped = 0  # queue full (Redis down too long)
-        self.failures = 0
-        self._queued = 0  # entries ever queued for Redis
-        self._progress = asyncio.Event()  # set whenever the writer has written one
+        self._memory_written = 0
+        self._writer: RedisWriter | None = None
+        self.client = client
+
+    @property
+    def client(self) -> aioredis.Redis | None:
+        return None if self._writer is None else self._writer.client
+
+    @client.setter
+    def client(self, client: aioredis.Redis | None) -> None:
+        """Set before :meth:`start` (``UiRuntime.use_redis``)."""
+        self._writer = None if client is None else RedisWriter(client, "audit", queue_limit=self._queue_limit,
+                                                                 retry_max_s=self._retry_max)
+
+    @property
+    def written(self) -> int:
+        return self._memory_written + (self._writer.written if self._writer is not None else 0)
+
+    @property
+    def dropped(self) -> int:  # queue full (Redis down too long)
+        return self._writer.dropped if self._writer is not None else 0
+
+    @property
+    def failures(self) -> int:
+        return self._writer.failures if self._writer is not None else 0
+
+    @property
+    def pending(self) -> int:
+        return self._writer.pending if self._writer is not None else 0
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._writer(), name="audit-writer")
+        if self._writer is not None:
+            await self._writer.start()
 
     async def stop(self) -> None:
         """Write what is queued (a few seconds at most), then stop the writer."""
-        if self._task is None:
-            return
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(5):
-                await self.flush()
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-        self._task = None
+        if self._writer is not None:
+            await self._writer.stop(timeout_s=5.0)
 
     # -- writing -----------------------------------------------------------------------------
 
-    def record(self, actor: str, action: str, target: str, details: dict[str, Any] | None = None) -> int | None:
-        """Queue an entry (never blocks, never raises); written in order by the writer task.  Returns its
-        place in the write order (None: kept in memory only, or dropped)."""
+    def record(self, actor: str, action: str, target: str, details: dict[str, Any] | None = None) -> bool:
+        """Queue an entry (never blocks, never raises); written in order.  False: dropped (queue full)."""
         e = entry(actor, action, target, details, self._now())
-        if self.client is None:
+        if self._writer is None:
             self._store_memory(e)
-            return None
-        if len(self._queue) >= self._queue_limit:
-            self.dropped += 1
-            log.error("audit: queue full (%d), entry %s by %s dropped", self._queue_limit, action, actor)
-            return None
-        self._queue.append(e)
-        self._queued += 1
-        self._idle.clear()
-        self._wake.set()
-        return self._queued
+            return True
+        key = self.key
+
+        async def write(r: aioredis.Redis) -> None:
+            await r.xadd(key, e)  # type: ignore[arg-type]  # str -> str is a field map
+
+        return self._writer.submit(write)
 
     async def record_durable(self, actor: str, action: str, target: str, details: dict[str, Any] | None = None,
                              *, timeout_s: float = 3.0) -> bool:
         """Record an entry and wait until it is in Redis (True), at most ``timeout_s`` (False: Redis down or
-        slow; the entry stays queued and is written when Redis answers).  Without Redis: True (memory)."""
-        if self.client is None:
-            self.record(actor, action, target, details)
-            return True
-        place = self.record(actor, action, target, details)
-        if place is None:
+        slow, or the queue full; a queued entry is written when Redis answers).  Without Redis: True (memory)."""
+        if not self.record(actor, action, target, details):
             return False
-        if self._task is None:
-            await self.start()
-        try:
-            async with asyncio.timeout(timeout_s):
-                while self._queued - len(self._queue) < place:
-                    self._progress.clear()
-                    await self._progress.wait()
-        except TimeoutError:
-            return False
-        return True
+        return True if self._writer is None else await self._writer.settled(timeout_s)
 
     def _store_memory(self, e: dict[str, str]) -> str:
         entry_id = f"{int(float(e['ts']) * 1000)}-{next(self._seq)}"
         self._memory.append((entry_id, e))
-        self.written += 1
+        self._memory_written += 1
         return entry_id
 
     async def flush(self) -> None:
         """Wait until every recorded entry is written."""
-        if self.client is None:
-            return
-        if self._task is None:
-            await self.start()
-        await self._idle.wait()
-
-    async def _writer(self) -> None:
-        assert self.client is not None
-        delay = 0.1
-        while True:
-            if not self._queue:
-                self._idle.set()
-                self._wake.clear()
-                await self._wake.wait()
-                continue
-            e = self._queue[0]
-            try:
-                await self.client.xadd(self.key, e)  # type: ignore[arg-type]  # str -> str is a field map
-            except (RedisError, OSError, TimeoutError) as exc:
-                self.failures += 1
-                log.warning("audit: Redis write failed (%s); retrying in %.1fs", type(exc).__name__, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self._retry_max)
-                continue
-            delay = 0.1
-            self._queue.popleft()
-            self.written += 1
-            self._progress.set()
-
-    @property
-    def pending(self) -> int:
-        return len(self._queue)
+        if self._writer is not None:
+            await self._writer.flush()
 
     # -- reading -----------------------------------------------------------------------------
 

@@ -1,9 +1,11 @@
-"""Write-behind to Redis for state whose API is synchronous (QA samples and reviews, browser sessions).
+"""Write-behind to Redis for state whose API is synchronous (the audit trail, QA samples and reviews, browser
+sessions).
 
 The owner keeps its state in memory (what it answers from) and hands every change to a
 :class:`RedisWriter` as an operation (``async (client) -> None``).  :meth:`RedisWriter.submit`
 never blocks and never raises: operations are queued (bounded) and run **in order** by one
-task, retried with backoff while Redis is down (like ``monitor.audit``).  At start the owner
+task, retried with backoff while Redis is down; :meth:`RedisWriter.settled` waits (bounded) until
+what was submitted so far is written, for answers that must only say "saved" once it is.  At start the owner
 loads its state back from Redis; :meth:`RedisWriter.stop` writes what is queued first (a few
 seconds at most), so a clean restart loses nothing.  The client is the commitments' Redis
 client (``decode_responses=True``), shared, never closed here.
@@ -50,16 +52,17 @@ class RedisWriter:
     def pending(self) -> int:
         return len(self._queue)
 
-    def submit(self, op: Op) -> None:
-        """Queue a write (never blocks, never raises)."""
+    def submit(self, op: Op) -> bool:
+        """Queue a write (never blocks, never raises).  False: the queue is full, the write is dropped."""
         if len(self._queue) >= self._queue_limit:
             self.dropped += 1
             log.error("%s: Redis write queue full (%d): a change was not persisted", self.name, self._queue_limit)
-            return
+            return False
         self._queue.append(op)
         self._submitted += 1
         self._idle.clear()
         self._wake.set()
+        return True
 
     async def start(self) -> None:
         if self._task is None:
