@@ -31,6 +31,7 @@ from telephony.ami.codec import Message, encode_message
 from telephony.ami.server import BANNER, ScriptedAmiServer
 from telephony.ami.tracker import AmiTracker
 from telephony.events import DomainEvent, ResyncDone
+from telephony.loopback import Conditions
 
 pytestmark = pytest.mark.usefixtures("no_leftover_tasks")
 
@@ -50,7 +51,7 @@ class Recorder:
         self.connected = 0
         self.reasons: list[str] = []
         self.alerts: list[Alert] = []
-        self._waiters: list[tuple[Callable[[], bool], asyncio.Future[None]]] = []
+        self._conditions = Conditions()
 
     def on_message(self, msg: Message, conn: AmiConnection) -> None:
         self.messages.append(msg)
@@ -74,21 +75,10 @@ class Recorder:
         return [m for m in self.messages if m.event == name]
 
     def wake(self) -> None:
-        for predicate, fut in self._waiters:
-            if not fut.done() and predicate():
-                fut.set_result(None)
+        self._conditions.changed()
 
     async def until(self, predicate: Callable[[], bool], timeout_s: float = 3.0) -> None:
-        if predicate():
-            return
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        entry = (predicate, fut)
-        self._waiters.append(entry)
-        try:
-            async with asyncio.timeout(timeout_s):
-                await fut
-        finally:
-            self._waiters.remove(entry)
+        await self._conditions.wait(predicate, timeout_s)
 
 
 def fixed(*delays: float) -> Callable[[], Iterator[float]]:

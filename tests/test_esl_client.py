@@ -31,6 +31,7 @@ from telephony.esl.server import FsStateModel, ScriptedEslServer
 from telephony.esl.trace import read_esl_trace
 from telephony.esl.tracker import FsTracker
 from telephony.events import CallOffered, DomainEvent, ResyncDone
+from telephony.loopback import Conditions
 
 pytestmark = pytest.mark.usefixtures("no_leftover_tasks")
 
@@ -51,7 +52,7 @@ class Recorder:
         self.alerts: list[Alert] = []
         self.resyncs: list[float] = []
         self.replies: list[tuple[str, str]] = []
-        self._waiters: list[tuple[Callable[[], bool], asyncio.Future[None]]] = []
+        self._conditions = Conditions()
 
     def on_event(self, ev: EslEvent, received_at: float) -> None:
         self.events.append(ev)
@@ -85,21 +86,10 @@ class Recorder:
         return [e for e in self.events if e.name == name]
 
     def wake(self) -> None:
-        for predicate, fut in self._waiters:
-            if not fut.done() and predicate():
-                fut.set_result(None)
+        self._conditions.changed()
 
     async def until(self, predicate: Callable[[], bool], timeout_s: float = 3.0) -> None:
-        if predicate():
-            return
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        entry = (predicate, fut)
-        self._waiters.append(entry)
-        try:
-            async with asyncio.timeout(timeout_s):
-                await fut
-        finally:
-            self._waiters.remove(entry)
+        await self._conditions.wait(predicate, timeout_s)
 
 
 def fixed(*delays: float) -> Callable[[], Iterator[float]]:

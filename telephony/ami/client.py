@@ -93,11 +93,6 @@ class AmiActionError(AmiError):
         super().__init__(f"AMI action {action} failed: {response.get('Message') or 'Error'}")
 
 
-# -- backoff -------------------------------------------------------------------------
-
-
-
-
 # -- public state ----------------------------------------------------------------------
 
 

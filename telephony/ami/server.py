@@ -32,6 +32,7 @@ from telephony.ami.codec import AmiDecoder, Message, encode_message
 from telephony.ami.trace import TraceItem, read_trace
 from telephony.ami.tracker import AmiTracker, ChannelRules
 from telephony.events import DomainEvent
+from telephony.loopback import LoopbackServer, LoopbackSession
 
 log = logging.getLogger(__name__)
 
@@ -94,123 +95,27 @@ def _md5(challenge: str, secret: str) -> str:
     return hashlib.md5((challenge + secret).encode("utf-8"), usedforsecurity=False).hexdigest()
 
 
-class _Session:
+class _Session(LoopbackSession):
     def __init__(self, number: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.number = number
-        self.reader = reader
-        self.writer = writer
+        super().__init__(number, reader, writer)
         self.logged_in = False
         self.challenge: str | None = None
-        self.done = asyncio.Event()
-        self.task = asyncio.current_task()  # the handler (asyncio's streams created it)
 
     def send(self, pairs: Pairs) -> None:
-        if not self.writer.is_closing():
-            self.writer.write(encode_message(pairs))
-
-    def send_raw(self, data: bytes) -> None:
-        if not self.writer.is_closing():
-            self.writer.write(data)
-
-    async def flush(self) -> None:
-        if not self.writer.is_closing():
-            await self.writer.drain()
-
-    def close(self) -> None:
-        self.writer.close()
-
-    def abort(self) -> None:
-        self.writer.transport.abort()
-
-    async def end(self) -> None:
-        """Reset the connection and wait until its handler is gone (even if it was sleeping)."""
-        self.abort()
-        if self.task is not None and self.task is not asyncio.current_task() and not self.task.done():
-            self.task.cancel()
-        await self.done.wait()
+        self.send_raw(encode_message(pairs))
 
 
-class _AmiServerBase:
-    """Listening socket, session bookkeeping, and ``wait_until`` for tests."""
+class _AmiServerBase(LoopbackServer[_Session]):
+    """A loopback AMI server: the banner, then the subclass's protocol."""
+
+    kind = "ami"
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, banner: str = BANNER) -> None:
-        self.host = host
-        self.port = port
+        super().__init__(host, port)
         self.banner = banner
-        self.connections = 0
-        self.connect_times: list[float] = []  # loop.time() of each accepted connection
-        self._server: asyncio.Server | None = None
-        self._sessions: set[_Session] = set()
-        self._waiters: list[tuple[Callable[[], bool], asyncio.Future[None]]] = []
 
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._client, self.host, self.port)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def stop(self) -> None:
-        """Stop listening, close every session and wait for their handlers."""
-        server, self._server = self._server, None
-        if server is None:
-            return
-        server.close()
-        for s in list(self._sessions):
-            await s.end()
-        await server.wait_closed()
-
-    async def __aenter__(self) -> _AmiServerBase:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
-
-    @property
-    def sessions(self) -> int:
-        return len(self._sessions)
-
-    async def wait_until(self, predicate: Callable[[], bool], timeout_s: float = 5.0) -> None:
-        """Wait until ``predicate()`` holds; it is checked on every change of the server's state."""
-        if predicate():
-            return
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        entry = (predicate, fut)
-        self._waiters.append(entry)
-        try:
-            async with asyncio.timeout(timeout_s):
-                await fut
-        finally:
-            self._waiters.remove(entry)
-
-    def changed(self) -> None:
-        """Wake ``wait_until`` callers (also useful to tests that change state themselves)."""
-        for predicate, fut in self._waiters:
-            if not fut.done() and predicate():
-                fut.set_result(None)
-
-    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        self.connect_times.append(asyncio.get_running_loop().time())
-        sess = _Session(self.connections, reader, writer)
-        self._sessions.add(sess)
-        self.changed()
-        try:
-            await self._serve(sess)
-        except (ConnectionError, OSError, asyncio.CancelledError):
-            pass  # the peer left, or stop()/drop() ended the session: this is the handler's top
-        except Exception:
-            log.exception("ami.server: session %d failed", sess.number)
-        finally:
-            self._sessions.discard(sess)
-            writer.close()
-            try:
-                with contextlib.suppress(OSError):
-                    await writer.wait_closed()
-            finally:
-                sess.done.set()
-                self.changed()
-
-    async def _serve(self, sess: _Session) -> None:
-        raise NotImplementedError
+    def _new_session(self, number: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> _Session:
+        return _Session(number, reader, writer)
 
 
 class ScriptedAmiServer(_AmiServerBase):
@@ -248,10 +153,6 @@ class ScriptedAmiServer(_AmiServerBase):
         self.actions: Counter[str] = Counter()
         self.refused = 0
         self._refuse: int | None = 0  # None: refuse until allow()
-
-    async def __aenter__(self) -> ScriptedAmiServer:
-        await self.start()
-        return self
 
     # -- knobs -------------------------------------------------------------------
 
@@ -501,10 +402,6 @@ class TraceAmiServer(_AmiServerBase):
         self._finished = asyncio.Event()
         if not self.segments:
             self._finished.set()
-
-    async def __aenter__(self) -> TraceAmiServer:
-        await self.start()
-        return self
 
     async def start(self) -> None:
         if self.origin is None:

@@ -104,11 +104,6 @@ class EslCommandError(EslError):
         super().__init__(f"ESL command {' '.join(command.split(' ', 2)[:2])} failed: {reply.strip()[:200]}")
 
 
-# -- backoff -------------------------------------------------------------------------
-
-
-
-
 # -- public state ----------------------------------------------------------------------
 
 

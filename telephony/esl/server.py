@@ -35,6 +35,7 @@ from telephony.esl.codec import EVENT_PLAIN, EslEvent, encode_event, encode_fram
 from telephony.esl.trace import EslTraceItem, frame_bytes, read_esl_trace
 from telephony.esl.tracker import CC_SUBCLASS, FsChannelRules, FsTracker
 from telephony.events import DomainEvent
+from telephony.loopback import LoopbackServer, LoopbackSession
 
 log = logging.getLogger(__name__)
 
@@ -247,17 +248,13 @@ def _event_of(item: EslTraceItem) -> EslEvent | None:
 # -- the servers ------------------------------------------------------------------------
 
 
-class _Session:
+class _Session(LoopbackSession):
     def __init__(self, number: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.number = number
-        self.reader = reader
-        self.writer = writer
+        super().__init__(number, reader, writer)
         self.authed = False
         self.events: set[str] = set()  # subscribed event names ("ALL" for everything)
         self.subclasses: set[str] = set()
         self.subscribed = asyncio.Event()
-        self.done = asyncio.Event()
-        self.task = asyncio.current_task()
 
     def wants(self, name: str, subclass: str | None) -> bool:
         if "ALL" in self.events:
@@ -279,103 +276,26 @@ class _Session:
         self.subscribed.set()
 
     def send(self, data: bytes) -> None:
-        if not self.writer.is_closing():
-            self.writer.write(data)
-
-    async def flush(self) -> None:
-        if not self.writer.is_closing():
-            await self.writer.drain()
-
-    def close(self) -> None:
-        self.writer.close()
-
-    async def end(self) -> None:
-        """Reset the connection and wait until its handler is gone (even if it was sleeping)."""
-        self.writer.transport.abort()
-        if self.task is not None and self.task is not asyncio.current_task() and not self.task.done():
-            self.task.cancel()
-        await self.done.wait()
+        self.send_raw(data)
 
 
-class _EslServerBase:
-    """Listening socket, session bookkeeping, and ``wait_until`` for tests."""
+class _EslServerBase(LoopbackServer[_Session]):
+    """A loopback event socket: command counters, then the subclass's protocol."""
+
+    kind = "esl"
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
-        self.host = host
-        self.port = port
-        self.connections = 0
-        self.connect_times: list[float] = []  # loop.time() of each accepted connection
+        super().__init__(host, port)
         self.commands: Counter[str] = Counter()  # by command, "auth" without its password
         self.received: list[str] = []  # every command in order ("auth" without its password), api/bgapi in full
-        self._server: asyncio.Server | None = None
-        self._sessions: set[_Session] = set()
-        self._waiters: list[tuple[Callable[[], bool], asyncio.Future[None]]] = []
 
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._client, self.host, self.port)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def stop(self) -> None:
-        """Stop listening, close every session and wait for their handlers."""
-        server, self._server = self._server, None
-        if server is None:
-            return
-        server.close()
-        for s in list(self._sessions):
-            await s.end()
-        await server.wait_closed()
-
-    @property
-    def sessions(self) -> int:
-        return len(self._sessions)
-
-    async def wait_until(self, predicate: Callable[[], bool], timeout_s: float = 5.0) -> None:
-        """Wait until ``predicate()`` holds; it is checked on every change of the server's state."""
-        if predicate():
-            return
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        entry = (predicate, fut)
-        self._waiters.append(entry)
-        try:
-            async with asyncio.timeout(timeout_s):
-                await fut
-        finally:
-            self._waiters.remove(entry)
-
-    def changed(self) -> None:
-        for predicate, fut in self._waiters:
-            if not fut.done() and predicate():
-                fut.set_result(None)
+    def _new_session(self, number: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> _Session:
+        return _Session(number, reader, writer)
 
     def _count(self, command: str) -> None:
         text = "auth" if command.startswith("auth ") else command
         self.commands[text] += 1
         self.received.append(text)
-
-    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        self.connect_times.append(asyncio.get_running_loop().time())
-        sess = _Session(self.connections, reader, writer)
-        self._sessions.add(sess)
-        self.changed()
-        try:
-            await self._serve(sess)
-        except (ConnectionError, OSError, asyncio.CancelledError):
-            pass  # the peer left, or stop()/drop() ended the session: this is the handler's top
-        except Exception:
-            log.exception("esl.server: session %d failed", sess.number)
-        finally:
-            self._sessions.discard(sess)
-            writer.close()
-            try:
-                with contextlib.suppress(OSError):
-                    await writer.wait_closed()
-            finally:
-                sess.done.set()
-                self.changed()
-
-    async def _serve(self, sess: _Session) -> None:
-        raise NotImplementedError
 
 
 class ScriptedEslServer(_EslServerBase):
@@ -417,13 +337,6 @@ class ScriptedEslServer(_EslServerBase):
         self.subscriptions: list[str] = []
         self._refuse: int | None = 0
         self._seq = 0
-
-    async def __aenter__(self) -> ScriptedEslServer:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
 
     # -- knobs -------------------------------------------------------------------
 
@@ -640,13 +553,6 @@ class TraceEslServer(_EslServerBase):
         self._finished = asyncio.Event()
         if not self.segments:
             self._finished.set()
-
-    async def __aenter__(self) -> TraceEslServer:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
 
     async def start(self) -> None:
         if self.origin is None:
