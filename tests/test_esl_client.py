@@ -434,3 +434,9 @@ async def test_daemon_attaches_to_freeswitch_when_configured(server: ScriptedEsl
     finally:
         await daemon.stop()
     assert server.commands["exit"] == 1
+
+
+def test_the_readme_states_the_subscription_ringwatch_sends() -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    stated = [line.strip() for line in readme.splitlines() if line.startswith("event plain ")]
+    assert stated == [FsTracker.subscription()]
