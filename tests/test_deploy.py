@@ -139,7 +139,8 @@ async def test_the_entrypoint_starts_the_daemon_and_the_healthcheck_passes(tmp_p
         async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}/healthz") as resp:
             assert resp.status == 200
             health = await resp.json()
-        assert health == {"status": "degraded", "ami_connected": False, "live_calls": 0}  # no PBX here
+        assert health == {"status": "degraded", "pbx": "asterisk", "pbx_connected": False,
+                          "ami_connected": False, "live_calls": 0}  # no PBX here
         probe = await asyncio.create_subprocess_exec(
             *shlex.split(_healthcheck_cmd()), env=env | {"RINGWATCH_HTTP_PORT": str(port)},
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)

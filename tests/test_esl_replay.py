@@ -664,3 +664,29 @@ def test_late_start_adopts_an_outbound_call_in_progress(tmp_path: Path, at: floa
     else:
         assert call["answered_at"] == pytest.approx(at + 0.002, abs=0.01)  # known from the snapshot
     assert (call["first_hangup"], call["ended_at"]) == ("customer", pytest.approx(exp["first_hangup_t"], abs=0.01))
+
+
+# -- recordings we have not seen: other timings ----------------------------------------------------
+
+
+def stretched(tmp: Path, name: str, factor: float) -> Path:
+    """The same recorded frames, each received ``factor`` times later (every ring, wait and talk scaled)."""
+    items = trace_lines(name)
+    for o in items:
+        o["t"] = round(o["t"] * factor, 3)
+    return write(tmp, f"{name}_x{factor}", items)
+
+
+@pytest.mark.parametrize("factor", [0.7, 1.0, 1.4])
+def test_other_timings_move_the_ring_alert_with_the_ring(tmp_path: Path, factor: float) -> None:
+    ring = truth("F02_slow_answer_20s")["expected"][0]["rings"][0]  # 1001 rings 0.085 -> 20.112 s
+    lines = replay_lines(stretched(tmp_path, "F02_slow_answer_20s", factor))
+    (call,) = calls(lines)
+    start, end = ring["start_t"] * factor, ring["end_t"] * factor
+    assert call["ring_s"] == pytest.approx(end - start, abs=0.01)
+    late = alerts(lines, "IN-ANSWER")
+    if end - start >= 15.0:  # 20 s and 28 s: fired at 15 s of ringing, while it still rang
+        (alert,) = late
+        assert alert["at"] == pytest.approx(start + 15.0, abs=0.01)
+    else:  # 14 s: answered in time
+        assert late == []

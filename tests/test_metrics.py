@@ -229,4 +229,5 @@ async def test_healthz_needs_no_token(serve: Any) -> None:
     r = replay("S02_slow_answer_20s")
     async with aiohttp.ClientSession() as http, http.get(f"{await serve(r)}/healthz") as resp:
         assert resp.status == 200
-        assert await resp.json() == {"status": "degraded", "ami_connected": False, "live_calls": 0}
+        assert await resp.json() == {"status": "degraded", "pbx": "asterisk", "pbx_connected": False,
+                                      "ami_connected": False, "live_calls": 0}
