@@ -7,11 +7,17 @@ whole registry (``generate_latest``, what ``GET /metrics`` returns) is rendered 
 
 Run: ``.venv/bin/python bench/bench_metrics.py [--queues 200] [--agents-per-queue 10] [--renders 50]``
 Target: well under a scrape interval; reported as p50 / p99 / max milliseconds.
+
+Then the event loop's longest stall while a scrape is served: a 1 ms ticker task runs on the
+loop while ``monitor.web.render_metrics`` (what ``GET /metrics`` does: collectors on the loop,
+formatting in a worker thread) renders, compared with rendering all of it on the loop.  A stall
+delays every alert due meanwhile.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import statistics
 import sys
 import time
@@ -28,6 +34,7 @@ from config.schema import load_config  # noqa: E402
 from monitor.clock import VirtualClock  # noqa: E402
 from monitor.engine import Monitor  # noqa: E402
 from monitor.metrics import Metrics  # noqa: E402
+from monitor.web import render_metrics  # noqa: E402
 from telephony.ami.codec import AmiDecoder, Message, encode_message  # noqa: E402
 from telephony.ami.simulator import QueueSpec, SimConfig, Simulator  # noqa: E402
 from telephony.ami.tracker import AmiTracker  # noqa: E402
@@ -74,6 +81,39 @@ def main() -> None:
           f"{monitor.ended_records} calls ended ({fed:.1f} s to simulate and ingest)")
     print(f"/metrics: {size / 1024:.0f} KiB, {series} series; render p50 {statistics.median(times):.1f} ms, "
           f"p99 {times[int(len(times) * 0.99) - 1]:.1f} ms, max {times[-1]:.1f} ms ({args.renders} renders)")
+    inline, split = asyncio.run(loop_stalls(registry, args.renders))
+    print(f"longest event-loop stall during a scrape: all on the loop p50 {statistics.median(inline):.1f} ms "
+          f"max {max(inline):.1f} ms; as served (formatting in a thread) p50 {statistics.median(split):.1f} ms "
+          f"max {max(split):.1f} ms")
+
+
+async def loop_stalls(registry: CollectorRegistry, renders: int) -> tuple[list[float], list[float]]:
+    """Longest gap between a 1 ms ticker's wake-ups while one scrape is rendered, per render (ms)."""
+    async def render_inline(reg: CollectorRegistry) -> bytes:
+        return generate_latest(reg)
+
+    async def ticker(gaps: list[float], stop: asyncio.Event) -> None:
+        last = time.perf_counter()
+        while not stop.is_set():
+            await asyncio.sleep(0.001)
+            now = time.perf_counter()
+            gaps.append(now - last)
+            last = now
+
+    out: list[list[float]] = []
+    for render in (render_inline, render_metrics):
+        stalls = []
+        for _ in range(renders):
+            gaps = [0.0]
+            stop = asyncio.Event()
+            task = asyncio.create_task(ticker(gaps, stop), name="bench-ticker")
+            await asyncio.sleep(0.01)
+            await render(registry)
+            stop.set()
+            await task
+            stalls.append(max(gaps) * 1000)
+        out.append(stalls)
+    return out[0], out[1]
 
 
 if __name__ == "__main__":
