@@ -91,12 +91,14 @@ class Daemon:
         server = site._server  # aiohttp exposes the bound port only there
         sockets = getattr(server, "sockets", None) or []
         self.http_port = sockets[0].getsockname()[1] if sockets else cfg.http.port
+        link = cfg.pbx.esl if cfg.pbx.kind == "freeswitch" else cfg.pbx.ami
+        host = self._ami_overrides.get("host", link.host)  # the demo's loopback PBX overrides the config
+        port = self._ami_overrides.get("port", link.port)
         if cfg.pbx.kind == "freeswitch":
-            log.info("HTTP on %s:%s; attaching to FreeSWITCH ESL %s:%s", cfg.http.host, self.http_port,
-                     cfg.pbx.esl.host, cfg.pbx.esl.port)
+            log.info("HTTP on %s:%s; attaching to FreeSWITCH ESL %s:%s", cfg.http.host, self.http_port, host, port)
         else:
-            log.info("HTTP on %s:%s; attaching to AMI %s:%s as %s", cfg.http.host, self.http_port,
-                     cfg.pbx.ami.host, cfg.pbx.ami.port, cfg.pbx.ami.username)
+            log.info("HTTP on %s:%s; attaching to AMI %s:%s as %s", cfg.http.host, self.http_port, host, port,
+                     self._ami_overrides.get("username", cfg.pbx.ami.username))
         await pbx.start()
 
     async def stop(self) -> None:
