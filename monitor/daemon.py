@@ -84,6 +84,7 @@ class Daemon:
         if self.lines is not None:  # inspection reports in the same Redis as the commitments, when there is one
             embedded = self.commitments.embedded if self.commitments is not None else None
             await self.lines.start(app, cfg.redis.url or (embedded.url if embedded is not None else None))
+            ui.wallboard.line_connect = self.lines.monitor.connect_today  # the wallboard's 接通率 tile
         self._runner = runner = web.AppRunner(app, access_log_class=AccessLogger, handle_signals=False)
         await runner.setup()
         site = web.TCPSite(runner, cfg.http.host, cfg.http.port)

@@ -10,7 +10,10 @@ Definitions (today = the local day of ``timezone``; reset at midnight):
 * agents by state: available / ringing / talking / wrapup (paused with the wrap-up reason) /
   paused / offline;
 * IN-ANSWER and OUT-HOURS violations opened today; transfers over limit = IN-XFER violations today;
-* callbacks due (open) / overdue, from the commitment store (refreshed every few seconds).
+* callbacks due (open) / overdue, from the commitment store (refreshed every few seconds);
+* line connect rate (SYS-LINES 接通率, from ``monitor.lines``, when line health is on): today's
+  calls that ended, inbound answered ÷ offered and outbound answered ÷ attempted, over every trunk;
+  the tile shows both together ((answered in + out) ÷ (offered + attempted)).
 
 Each KPI gets a colour from ``ui.kpi`` (amber / red thresholds).  :class:`KpiPublisher` pushes
 ``{"type": "kpi", ...}`` frames on the websocket: when something changed, at most once per
@@ -38,6 +41,8 @@ log = logging.getLogger(__name__)
 Colour = Literal["green", "amber", "red", "none"]
 AGENT_STATES: Final = ("available", "ringing", "talking", "wrapup", "paused", "offline")
 CallbackCounts = Callable[[], Awaitable[tuple[int, int]]]
+#: today's connect rates: {"inbound": {"offered", "answered", "rate"}, "outbound": {"attempted", "answered", "rate"}}
+LineConnect = Callable[[], dict[str, Any]]
 
 
 def colour(value: float | None, t: KpiThreshold | None) -> Colour:
@@ -61,6 +66,7 @@ class Wallboard:
         self.sl_s = cfg.rules.in_wait.service_level_s
         self._wrapup = cfg.pbx.channels.wrapup_pause_prefix
         self.callbacks: tuple[int, int] | None = None  # (due, overdue), None: unknown
+        self.line_connect: LineConnect | None = None  # set when line health runs (monitor.lines)
         self.changed = asyncio.Event()
         self._reset(self._today())
         monitor.on_event(self._on_event)
@@ -109,9 +115,10 @@ class Wallboard:
             if ev.call_id in self._offered and ev.call_id not in self._abandoned:
                 self._abandoned.add(ev.call_id)
                 self.changed.set()
-        elif ev.call_id in self._answered and call is not None and call.talk_s is not None:
-            self.talk_sum += call.talk_s
-            self.talk_n += 1
+        else:  # ended: the line connect rate counts it (answered or not)
+            if ev.call_id in self._answered and call is not None and call.talk_s is not None:
+                self.talk_sum += call.talk_s
+                self.talk_n += 1
             self.changed.set()
 
     def offer(self, change: AlertChange) -> None:
@@ -150,6 +157,12 @@ class Wallboard:
             "callbacks_due": self.callbacks[0] if self.callbacks else None,
             "callbacks_overdue": self.callbacks[1] if self.callbacks else None,
         }
+        lines = self.line_connect() if self.line_connect is not None else None
+        if lines is not None:
+            inbound, outbound = lines["inbound"], lines["outbound"]
+            tried = inbound["offered"] + outbound["attempted"]
+            values["line_connect_rate"] = (round((inbound["answered"] + outbound["answered"]) / tried, 4)
+                                           if tried else None)
         kpi = self.cfg.ui.kpi
         return {
             "type": "kpi",
@@ -160,6 +173,7 @@ class Wallboard:
             "counts": {"offered": offered, "answered": answered, "abandoned": abandoned,
                        "answered_within": self.within},
             "agents": by_state,
+            "line_connect": lines,
             "waiting_by_queue": {q: {"waiting": n, "longest_s": round(w, 1)} for q, (n, w) in sorted(waiting.items())},
             "service_level": {"threshold_s": self.sl_s,
                               "formula": {"zh": f"{self.sl_s:g} 秒内接起的来电 ÷ 进线总数(含放弃)",

@@ -321,6 +321,12 @@ class LineMonitor:
         while len(self._call_trunks) > MAX_CALL_LINES:
             self._call_trunks.popitem(last=False)
 
+    def connect_today(self) -> dict[str, Any]:
+        """Today's connect rates over every trunk (inbound answered ÷ offered, outbound answered ÷ attempted)."""
+        now_wall = self.clock.wall(self.clock.now())
+        day_start, _ = self.stats.day_bounds(self.stats.day(now_wall))
+        return self.stats.connect_rate(day_start, now_wall + 1, None)
+
     def _on_record(self, call: Call, _record: dict[str, Any]) -> None:
         trunk = self._call_trunks.pop(call.id, None)
         self.stats.add(trunk, call.direction, self.clock.wall(call.offered_at), call.answered_at is not None,

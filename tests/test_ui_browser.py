@@ -236,7 +236,7 @@ class Feeder:
 def _cfg(tmp_path: Path) -> Config:
     h = hash_password(PASSWORD)
     return Config.model_validate({
-        "http": {"port": 0}, "data_dir": str(tmp_path / "data"), "lines": {"enabled": False},
+        "http": {"port": 0}, "data_dir": str(tmp_path / "data"), "lines": {"store": "memory"},
         "ui": {"users": [
             {"name": "sup1", "role": "supervisor", "teams": ["team-a"], "phone": "PJSIP/8001", "password_hash": h},
             {"name": "sup2", "role": "supervisor", "teams": ["team-a"], "phone": "PJSIP/8002", "password_hash": h}],
@@ -300,6 +300,9 @@ async def test_wallboard_console_spy_and_ack_in_chromium(tmp_path: Path, browser
         assert float(raw["asa_s"][0]) == pytest.approx(asa, abs=0.06)
         talk = [c["first_hangup_t"] - c["answered_t"] for c in truth if c["answered"]]
         assert float(raw["aht_s"][0]) == pytest.approx(sum(talk) / len(talk), abs=0.06)  # 18.0 s
+        # line connect rate (SYS-LINES 接通率): 14 of the 20 offered calls answered, none dialled out
+        assert raw["line_connect_rate"][:2] == [str(round(14 / 20, 4)), "70.0%"]
+        assert await wall.js("document.querySelector('#line-counts').textContent") == "呼入 14/20 · 呼出 0/0"
         assert raw["abandon_rate"][1] == "30.0%"
         assert raw["calls_waiting"][:2] == ["0", "0"]
         assert raw["in_answer_today"][1] == str(late)

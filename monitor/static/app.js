@@ -8,6 +8,7 @@ const I18N = {
     calls_waiting: "排队等待", longest_wait_s: "最长等待", service_level: "服务水平", asa_s: "平均应答速度", aht_s: "平均通话时长",
     abandon_rate: "放弃率", in_answer_today: "超时接听(今日)", out_hours_today: "违规时段外呼(今日)",
     transfers_over_limit: "转接超时", callbacks_due: "待回电", callbacks_overdue: "回电超时",
+    line_connect_rate: "线路接通率(今日)", inbound_short: "呼入", outbound_short: "呼出",
     available: "空闲", ringing: "振铃", talking: "通话", wrapup: "话后整理", paused: "小休", offline_agents: "离线",
     live_calls: "实时通话", open_alerts: "未处理告警", agents: "坐席", commitments_due: "待办承诺",
     queue: "队列", agent: "坐席", state: "状态", time: "时长", caller: "来电", actions: "监听",
@@ -28,6 +29,7 @@ const I18N = {
     asa_s: "Avg speed of answer", aht_s: "Avg talk time", abandon_rate: "Abandon rate", in_answer_today: "Late answers today",
     out_hours_today: "Out-of-hours dials today", transfers_over_limit: "Transfers over limit",
     callbacks_due: "Callbacks due", callbacks_overdue: "Callbacks overdue",
+    line_connect_rate: "Line connect rate (today)", inbound_short: "in", outbound_short: "out",
     available: "Available", ringing: "Ringing", talking: "Talking", wrapup: "Wrap-up", paused: "Paused",
     offline_agents: "Offline", live_calls: "Live calls", open_alerts: "Open alerts", agents: "Agents",
     commitments_due: "Commitments due", queue: "Queue", agent: "Agent", state: "State", time: "Time",
@@ -134,7 +136,8 @@ function renderKpi(k) {
     asa_s: v.asa_s === null ? "—" : fmtS(v.asa_s), aht_s: v.aht_s === null || v.aht_s === undefined ? "—" : fmtS(v.aht_s),
     abandon_rate: pct(v.abandon_rate), in_answer_today: v.in_answer_today,
     out_hours_today: v.out_hours_today, transfers_over_limit: v.transfers_over_limit,
-    callbacks_due: v.callbacks_due ?? "—", callbacks_overdue: v.callbacks_overdue ?? "—"};
+    callbacks_due: v.callbacks_due ?? "—", callbacks_overdue: v.callbacks_overdue ?? "—",
+    line_connect_rate: v.line_connect_rate === null || v.line_connect_rate === undefined ? "—" : pct(v.line_connect_rate)};
   for (const [name, text] of Object.entries(show)) {
     const tile = $("#k-" + name); if (!tile) continue;
     tile.querySelector(".value").textContent = text;
@@ -144,6 +147,9 @@ function renderKpi(k) {
   const th = k.thresholds.service_level;
   $("#sl-formula").textContent = `${k.service_level.formula[lang]}` +
     (th ? ` · ${t("green")} >${pct(th.amber)} · ${t("red")} ≤${pct(th.red)}` : "");
+  const lc = k.line_connect, lcs = $("#line-counts");
+  if (lcs) lcs.textContent = lc ? `${t("inbound_short")} ${lc.inbound.answered}/${lc.inbound.offered} · ` +
+    `${t("outbound_short")} ${lc.outbound.answered}/${lc.outbound.attempted}` : "";
   $("#counts").textContent = `${t("offered")} ${k.counts.offered} · ${t("answered")} ${k.counts.answered} · ${t("abandoned")} ${k.counts.abandoned}`;
   $("#day").textContent = k.day;
   const bar = $("#agents"); bar.replaceChildren();
