@@ -74,7 +74,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config)
     return asyncio.run(run_demo(cfg, speed=args.speed, loops=args.loops, recordings=args.recordings,
-                                seed=args.seed, rate=args.rate))
+                                seed=args.seed, rate=args.rate, pbx_kind=args.pbx))
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
@@ -161,6 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--loops", type=int, default=0, help="with --recordings: 0 = forever")
     demo.add_argument("--recordings", action="store_true",
                       help="play the recorded Asterisk 22 calls in a loop instead of the simulator")
+    demo.add_argument("--pbx", choices=("asterisk", "freeswitch"), default="asterisk",
+                      help="freeswitch: the recorded FreeSWITCH 1.10 calls over an event socket (ESL) in a loop")
     demo.add_argument("--seed", type=int, default=1, help="simulator: random seed (same seed, same calls)")
     demo.add_argument("--rate", type=float, default=5.0, help="simulator: inbound calls per minute")
     demo.set_defaults(fn=_cmd_demo)

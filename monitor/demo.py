@@ -3,7 +3,9 @@
 By default the PBX is the call-centre simulator (``telephony.ami.simulator``:
 Poisson callers, agents, transfers, outbound dials, dispositions, recordings
 and a share of rule misses, speaking Asterisk 22 AMI); ``--recordings`` plays
-the real Asterisk 22 recordings in a loop instead.  A newcomer sees alerts in
+the real Asterisk 22 recordings in a loop instead, and ``--pbx freeswitch`` the
+real FreeSWITCH 1.10 recordings over an event socket (the daemon attached as
+``pbx.kind: freeswitch``).  A newcomer sees alerts in
 the terminal and on the websocket, and metrics on ``/metrics``, within a
 minute.  Ctrl-C (or SIGTERM) stops everything cleanly.
 """
@@ -13,13 +15,14 @@ from __future__ import annotations
 import os
 import secrets
 import sys
-from typing import TextIO
+from typing import Any, TextIO
 
 from alerts.hub import AlertChange
 from config.schema import Config
 from monitor.auth import TokenStore
 from monitor.daemon import Daemon, wait_for_signal
 from telephony.ami.adapter import DemoPbx, SimulatedPbx, demo_simulator
+from telephony.esl.adapter import EslDemoPbx
 
 
 class ConsoleSink:
@@ -40,12 +43,20 @@ class ConsoleSink:
 
 
 async def run_demo(cfg: Config, speed: float = 1.0, loops: int = 0, stream: TextIO = sys.stdout,
-                   recordings: bool = False, seed: int = 1, rate: float = 5.0) -> int:
+                   recordings: bool = False, seed: int = 1, rate: float = 5.0, pbx_kind: str = "asterisk") -> int:
     """``recordings``: the recorded-calls loop (``loops`` times, 0 = forever); else the simulator
-    (``seed``, ``rate`` inbound calls per minute).  ``speed``: simulated seconds per real second."""
+    (``seed``, ``rate`` inbound calls per minute).  ``speed``: simulated seconds per real second.
+    ``pbx_kind="freeswitch"``: the FreeSWITCH recordings over ESL (there is no FreeSWITCH simulator)."""
     ami_secret = secrets.token_urlsafe(16)  # shared by the demo PBX and the daemon, never shown
-    pbx: DemoPbx | SimulatedPbx
-    if recordings:
+    pbx: DemoPbx | SimulatedPbx | EslDemoPbx
+    link: dict[str, Any] = {"secret": ami_secret}
+    wire = "AMI"
+    if pbx_kind == "freeswitch":
+        pbx = EslDemoPbx(password=ami_secret, speed=speed, loops=loops)
+        what, first, wire = "recorded FreeSWITCH 1.10 calls replayed over ESL", 17.0, "ESL"
+        cfg = cfg.model_copy(update={"pbx": cfg.pbx.model_copy(update={"kind": "freeswitch"})})
+        link = {"password": ami_secret}
+    elif recordings:
         pbx = DemoPbx(username=cfg.pbx.ami.username, secret=ami_secret, speed=speed, loops=loops)
         what, first = "recorded Asterisk 22 calls replayed over AMI", 28.0
     else:
@@ -56,7 +67,7 @@ async def run_demo(cfg: Config, speed: float = 1.0, loops: int = 0, stream: Text
     tokens = TokenStore.from_config(cfg.auth, env={**os.environ, "RINGWATCH_ADMIN_TOKEN": token})
     await pbx.start()
     # the daemon's clock runs at the demo's speed, so a 15 s limit is 15 s of the PBX's time
-    daemon = Daemon(cfg, tokens, clock_scale=speed, host=pbx.host, port=pbx.port, secret=ami_secret)
+    daemon = Daemon(cfg, tokens, clock_scale=speed, host=pbx.host, port=pbx.port, **link)
     try:
         await daemon.start()
         assert daemon.hub is not None
@@ -72,7 +83,7 @@ async def run_demo(cfg: Config, speed: float = 1.0, loops: int = 0, stream: Text
                 store = "redis.url" if cfg.redis.url else "unavailable (see the log)"
         stream.write(
             f"\nringwatch demo — 实时话务监控演示 ({what})\n"
-            f"  demo PBX (AMI)       127.0.0.1:{pbx.port}\n"
+            f"  demo PBX ({wire})       127.0.0.1:{pbx.port}\n"
             f"  commitments store    {store}\n"
             f"  wallboard            {base}/wallboard#token={shown}\n"
             f"  console / QA         {base}/console  {base}/qa  (log in with a ui.users account)\n"

@@ -20,6 +20,9 @@ from config.schema import Config
 from monitor.auth import TokenStore
 from monitor.daemon import Daemon
 from telephony.ami.adapter import DemoPbx
+from telephony.esl.adapter import EslDemoPbx, FreeSwitchAdapter
+from telephony.esl.demo_pbx import load_scenario as load_esl_scenario
+from telephony.esl.demo_pbx import renumber, restamp
 
 pytestmark = pytest.mark.usefixtures("no_leftover_tasks")
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,13 +75,63 @@ async def test_daemon_follows_the_demo_pbx_and_pushes_alerts(tmp_path: Path) -> 
         await pbx.stop()
 
 
+async def test_daemon_follows_the_freeswitch_demo_pbx(tmp_path: Path) -> None:
+    pbx = EslDemoPbx(password="demo-secret", speed=SPEED, loops=1)
+    await pbx.start()
+    cfg = Config.model_validate({"http": {"port": 0}, "data_dir": str(tmp_path), "pbx": {"kind": "freeswitch"}})
+    daemon = Daemon(cfg, TokenStore([("tok-sup", "sup", "supervisor")]), clock_scale=SPEED,
+                    host=pbx.host, port=pbx.port, password="demo-secret")
+    try:
+        await daemon.start()
+        assert isinstance(daemon.pbx, FreeSwitchAdapter)
+        assert daemon.clock is not None
+        url = f"ws://127.0.0.1:{daemon.http_port}/ws"
+        async with connect(url, additional_headers={"Authorization": "Bearer tok-sup"}, proxy=None) as ws:
+            assert json.loads(await ws.recv())["type"] == "hello"
+            async with asyncio.timeout(10):
+                while True:
+                    frame = json.loads(await ws.recv())
+                    if frame["type"] == "alert" and frame["rule"] == "IN-ANSWER":
+                        break
+            received = daemon.clock.now()
+            # F02 (the second scenario, 12 s in): 1001 rings 20 s; the alert at 15 s, while it rings
+            assert frame["agent"] == "1001@default"
+            assert frame["caller"] == "139****9002"
+            assert received - frame["details"]["deadline"] < 0.1 * SPEED  # < 100 ms of real time
+        async with aiohttp.ClientSession() as http:
+            health = await (await http.get(f"http://127.0.0.1:{daemon.http_port}/healthz")).json()
+        assert (health["pbx"], health["pbx_connected"]) == ("freeswitch", True)
+        assert pbx.server.subscriptions == [daemon.pbx.client.subscription]
+    finally:
+        await daemon.stop()
+        await pbx.stop()
+
+
+def test_each_copy_of_a_recording_is_new_calls_at_the_time_it_is_played() -> None:
+    f01 = load_esl_scenario(ROOT / "tests" / "fixtures" / "esl" / "F01_answered_caller_hangs_up.jsonl")
+    _, create = next(e for e in f01 if dict(e[1]).get("Event-Name") == "CHANNEL_CREATE")
+    one, two = dict(renumber(create, 1)), dict(renumber(create, 2))
+    original = dict(create)
+    assert len({original["Unique-ID"], one["Unique-ID"], two["Unique-ID"]}) == 3  # fresh per copy
+    assert dict(renumber(create, 1)) == one  # and stable within one
+    assert one["Core-UUID"] == original["Core-UUID"]  # one switch
+    assert one["Channel-Name"] == original["Channel-Name"]  # names are not ids
+    now_us = 1_900_000_000_000_000
+    moved = dict(restamp(create, now_us))
+    shift = now_us - int(original["Event-Date-Timestamp"])
+    assert moved["Event-Date-Timestamp"] == str(now_us)
+    assert int(moved["Caller-Channel-Created-Time"]) == int(original["Caller-Channel-Created-Time"]) + shift
+    assert moved["Caller-Channel-Answered-Time"] == original["Caller-Channel-Answered-Time"] == "0"  # not yet
+
+
 @pytest.mark.timeout(30)
-def test_ringwatch_demo_command_runs_and_stops_on_sigterm(tmp_path: Path) -> None:
+@pytest.mark.parametrize("pbx", ["asterisk", "freeswitch"])
+def test_ringwatch_demo_command_runs_and_stops_on_sigterm(tmp_path: Path, pbx: str) -> None:
     """The README's main job, as a process: it prints the URLs, serves /healthz, exits 0 on SIGTERM."""
     env = {**os.environ, "RINGWATCH_HTTP_PORT": "0", "RINGWATCH_ADMIN_TOKEN": "e2e-token",
            "RINGWATCH_DATA_DIR": str(tmp_path)}
-    proc = subprocess.Popen([sys.executable, "-m", "monitor.cli", "demo", "--speed", "50"], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-m", "monitor.cli", "demo", "--speed", "50", "--pbx", pbx], cwd=ROOT,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None
         lines = []

@@ -1,6 +1,6 @@
 """A demo PBX: real Asterisk 22 recordings played over real AMI/TCP, in a loop.
 
-Until the call-centre simulator exists this is the demo's traffic: the recorded
+``ringwatch demo --recordings`` plays this instead of the call-centre simulator: the recorded
 scenarios (answered, slow answer, abandon, ring-no-answer, transfers, agent
 hang-up first, recorded call, a 20-call burst) are started one after another,
 overlapping, each copy with fresh Uniqueids / Linkedids / channel names so
@@ -11,15 +11,12 @@ Login, Ping and the resync lists itself.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import itertools
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 
 from telephony.ami.server import ScriptedAmiServer
 from telephony.ami.trace import read_trace, renumber
+from telephony.playback import Pairs, RecordingLoop, Script
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +35,6 @@ SCENARIOS = (
 )
 _SKIP_EVENTS = frozenset({"SuccessfulAuth", "FullyBooted", "InvalidPassword", "InvalidAccountID"})
 
-Pairs = tuple[tuple[str, str], ...]
-Script = list[tuple[float, Pairs]]
-
 
 def load_scenario(path: Path) -> Script:
     out: Script = []
@@ -53,74 +47,22 @@ def load_scenario(path: Path) -> Script:
     return out
 
 
-def programme(scripts: list[Script], spacing_s: float, loops: int) -> Iterator[tuple[float, Pairs]]:
-    """Every scenario started ``spacing_s`` after the previous one, forever (loops=0)."""
-    copies = itertools.count(1)
-    offset = 0.0
-    pending: list[tuple[float, int, int, Pairs]] = []
-    rounds = itertools.count() if loops == 0 else range(loops)
-    for _ in rounds:
-        for script in scripts:
-            copy = next(copies)
-            pending.extend((offset + t, copy, i, renumber(p, copy)) for i, (t, p) in enumerate(script))
-            pending.sort()
-            # everything before the next scenario's start can go out now
-            offset += spacing_s
-            while pending and pending[0][0] < offset:
-                t, _, _, pairs = pending.pop(0)
-                yield t, pairs
-    for t, _, _, pairs in pending:
-        yield t, pairs
+def load_scenarios(traces: Path) -> list[Script]:
+    return [load_scenario(traces / f"{name}.jsonl") for name in SCENARIOS if (traces / f"{name}.jsonl").exists()]
 
 
-class DemoPbx:
-    """Loopback AMI server + a named task that plays the programme in real time / ``speed``."""
+class DemoPbx(RecordingLoop):
+    """Loopback AMI server playing the Asterisk recordings in real time / ``speed``."""
 
     def __init__(self, *, username: str, secret: str, speed: float = 1.0, loops: int = 0,
                  spacing_s: float = 12.0, traces: Path = DEFAULT_TRACES, port: int = 0) -> None:
-        if speed <= 0:
-            raise ValueError("demo speed must be > 0")
-        self.server = ScriptedAmiServer(username=username, secret=secret, port=port)
-        self.speed = speed
-        self.loops = loops
-        self.spacing_s = spacing_s
-        self.traces = traces
-        self.played = 0
-        self._task: asyncio.Task[None] | None = None
+        server = ScriptedAmiServer(username=username, secret=secret, port=port)
+        super().__init__(server, lambda: load_scenarios(traces), renumber, speed=speed, loops=loops,
+                         spacing_s=spacing_s)
+        self.server: ScriptedAmiServer = server
 
-    @property
-    def host(self) -> str:
-        return self.server.host
+    def _ready(self) -> bool:
+        return self.server.logins > 0
 
-    @property
-    def port(self) -> int:
-        return self.server.port
-
-    async def start(self) -> None:
-        scripts = [load_scenario(self.traces / f"{name}.jsonl") for name in SCENARIOS
-                   if (self.traces / f"{name}.jsonl").exists()]
-        if not scripts:
-            raise FileNotFoundError(f"no recorded scenarios under {self.traces}")
-        await self.server.start()
-        self._task = asyncio.create_task(self._play(scripts), name="demo-pbx-player")
-
-    async def _play(self, scripts: list[Script]) -> None:
-        loop = asyncio.get_running_loop()
-        # wait for the daemon to log in, so it sees every call from its start
-        await self.server.wait_until(lambda: self.server.logins > 0, timeout_s=3600)
-        start = loop.time()
-        for t, pairs in programme(scripts, self.spacing_s, self.loops):
-            delay = start + t / self.speed - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            await self.server.push(pairs)
-            self.played += 1
-        log.info("demo programme finished (%d events)", self.played)
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        await self.server.stop()
+    async def _send(self, pairs: Pairs) -> None:
+        await self.server.push(pairs)

@@ -14,6 +14,7 @@ from typing import Any, Literal
 from config.schema import Config, EslConfig
 from telephony.esl.client import EslClient, EslClientStats
 from telephony.esl.codec import DEFAULT_MAX_FRAME_BYTES, EslDecoder, EslEvent
+from telephony.esl.demo_pbx import EslDemoPbx as EslDemoPbx  # the demo's FreeSWITCH (recordings over ESL)
 from telephony.esl.server import replay_esl_trace_tcp as replay_esl_trace_tcp
 from telephony.esl.trace import EslTraceError as EslTraceError
 from telephony.esl.trace import EslTraceItem, frame_bytes, read_esl_trace
@@ -265,6 +266,7 @@ def eavesdrop_command(
 
 __all__ = [
     "EavesdropMode",
+    "EslDemoPbx",
     "EslTraceError",
     "FreeSwitchAdapter",
     "eavesdrop_command",

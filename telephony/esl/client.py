@@ -420,8 +420,9 @@ class EslClient(LinkClient):
                 pending.future.set_result(item)
             return None
         if ctype == "text/disconnect-notice":
-            log.warning("esl.disconnect_notice host=%s port=%d: %s", self.host, self.port,
-                        (item.body or "").strip().splitlines()[0:1])
+            # the answer to our own ``exit`` when stopping; otherwise FreeSWITCH closed on us
+            log.log(logging.INFO if self._stopping else logging.WARNING, "esl.disconnect_notice host=%s port=%d: %s",
+                    self.host, self.port, (item.body or "").strip().splitlines()[0:1])
             return "disconnected by FreeSWITCH (disconnect-notice)"
         if ctype == "text/rude-rejection":
             return "rejected by FreeSWITCH (rude-rejection)"
