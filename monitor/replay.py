@@ -25,7 +25,7 @@ from monitor.calls import Call
 from monitor.clock import Clock, LoopClock, Timer, VirtualClock
 from monitor.engine import Monitor
 from telephony.ami.adapter import channel_rules, replay_trace, replay_trace_tcp
-from telephony.ami.trace import TraceError
+from telephony.ami.trace import TraceError, read_trace
 from telephony.esl.adapter import (
     EslTraceError,
     esl_channel_rules,
@@ -176,12 +176,17 @@ async def replay_tcp(path: str | Path, cfg: Config, out: Output, speed: float,
     """
     if speed <= 0:
         raise ValueError("replay_tcp needs speed > 0 (speed 0 is replay_virtual)")
+    # read the whole trace first: recordings start within milliseconds of t = 0, and a client that
+    # logs in after the first events are due would see them before its resync's snapshot
     esl_items = None
-    if is_esl_trace(path):  # read first: ESL recordings start within milliseconds of t = 0
+    ami_items = None
+    if is_esl_trace(path):
         try:
             esl_items = load_esl_trace(path)
         except EslTraceError as e:
             raise TraceError(str(e)) from e
+    else:
+        ami_items = list(read_trace(path))
     loop = asyncio.get_running_loop()
     clock = _OwnedTimers(LoopClock(loop, scale=speed), wall_origin)
     hub = AlertHub(clock.now, cfg.alerts.history_limit)
@@ -197,7 +202,9 @@ async def replay_tcp(path: str | Path, cfg: Config, out: Output, speed: float,
             await replay_esl_trace_tcp(esl_items, speed, monitor.handle, clock.now, origin, cfg.pbx.esl,
                                        esl_channel_rules(cfg))
         else:
-            await replay_trace_tcp(path, speed, monitor.handle, clock.now, origin, cfg.pbx.ami, channel_rules(cfg))
+            assert ami_items is not None
+            await replay_trace_tcp(ami_items, speed, monitor.handle, clock.now, origin, cfg.pbx.ami,
+                                   channel_rules(cfg))
     finally:
         clock.cancel_all()
     return monitor

@@ -9,7 +9,6 @@ import io
 import json
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +34,7 @@ from telephony.events import (
     TransferStarted,
 )
 from tests.replaytools import FIXTURES as AMI_FIXTURES
-from tests.replaytools import ROOT, judge, replay_lines
+from tests.replaytools import ROOT, differences, judge, replay_lines
 
 ESL = Path(__file__).resolve().parent / "fixtures" / "esl"
 TRACES = sorted(p.stem for p in ESL.glob("F*.jsonl"))
@@ -43,7 +42,6 @@ WITH_TRUTH = [n for n in TRACES if (ESL / f"{n}.truth.json").exists()]
 #: over TCP the judge allows 0.5 s of trace time: at 5x that is 100 ms of real latency, which a
 #: shared 2-core machine under load can need (at 10x, 50 ms, it sometimes could not)
 SPEED = 5.0
-TOLERANCE_S = 0.5
 
 
 def lines_of(name: str, cfg: Config | None = None) -> list[dict[str, Any]]:
@@ -349,23 +347,6 @@ async def replay_lines_tcp(path: Path, speed: float = SPEED) -> list[dict[str, A
     buf = io.StringIO()
     await replay_tcp(path, load_config(env={}), JsonLinesOutput(buf), speed)
     return [json.loads(line) for line in buf.getvalue().splitlines()]
-
-
-def differences(got: Any, want: Any, where: str = "", tol: float = TOLERANCE_S,
-                skip: Callable[[str], bool] = lambda _k: False) -> list[str]:
-    """Where ``got`` differs from ``want``: floats within ``tol``, the rest exactly; keys ``skip`` says."""
-    if isinstance(got, dict) and isinstance(want, dict):
-        if got.keys() != want.keys():
-            return [f"{where}: keys {sorted(got.keys() ^ want.keys())}"]
-        return [d for k in got if not skip(k) for d in differences(got[k], want[k], f"{where}.{k}", tol, skip)]
-    if isinstance(got, list) and isinstance(want, list):
-        if len(got) != len(want):
-            return [f"{where}: {len(got)} items vs {len(want)}"]
-        return [d for i, (g, w) in enumerate(zip(got, want, strict=True))
-                for d in differences(g, w, f"{where}[{i}]", tol, skip)]
-    if isinstance(got, float | int) and isinstance(want, float | int) and not isinstance(got, bool):
-        return [] if abs(got - want) <= tol else [f"{where}: {got} vs {want}"]
-    return [] if got == want else [f"{where}: {got!r} vs {want!r}"]
 
 
 @pytest.mark.usefixtures("no_leftover_tasks")

@@ -346,6 +346,7 @@ class _Play:
         self.logged_in = asyncio.Event()
         self.id_map: dict[str, str] = {}  # recorded ActionID -> the client's
         self.claimed: set[int] = set()
+        self.events_sent = 0  # recorded channel events already played on this connection
 
 
 class TraceAmiServer(_AmiServerBase):
@@ -504,9 +505,13 @@ class TraceAmiServer(_AmiServerBase):
             recorded = self._claim(play, lname)
             if recorded is not None and aid is not None:
                 play.id_map[recorded] = aid
-            elif name in LIST_ACTIONS:
-                for pairs in list_reply(name, aid, ()):
+            elif name in LIST_ACTIONS and play.events_sent == 0:
+                for pairs in list_reply(name, aid, ()):  # nothing happened yet on this link: empty is true
                     sess.send(pairs)
+            elif name in LIST_ACTIONS:
+                # calls may be up already (the client logged in after events were due): an empty list
+                # would say they are gone; a PBX's snapshot would list them — say it cannot be had
+                sess.send(response(aid, "Error", ("Message", "No recorded snapshot at this point of the trace")))
             else:
                 sess.send(response(aid, "Error", ("Message", "Not available in a trace replay")))
         return True
@@ -572,6 +577,8 @@ class TraceAmiServer(_AmiServerBase):
                             (k, play.id_map[aid] if k == "ActionID" else v) for k, v in pairs]
                     sess.send(pairs)
                     self.played += 1
+                    if aid is None and _first(pairs, "Uniqueid") is not None:  # a channel's event
+                        play.events_sent += 1
                 seg.pos += 1
             await sess.flush()
             self._segment_done(seg)  # the trace ends without eof: keep the link open
@@ -580,7 +587,7 @@ class TraceAmiServer(_AmiServerBase):
 
 
 async def replay_trace_tcp(
-    path: str | Path,
+    path: str | Path | Sequence[TraceItem],
     speed: float,
     emit: Callable[[DomainEvent], None],
     now: Callable[[], float],
@@ -590,8 +597,9 @@ async def replay_trace_tcp(
 ) -> AmiTracker:
     """Play a recorded trace over loopback TCP through the real client and tracker.
 
-    A :class:`TraceAmiServer` on 127.0.0.1 (port 0) serves ``path`` with trace
-    t = 0 at loop time ``origin``; an :class:`AmiClient` (timeouts and user from
+    A :class:`TraceAmiServer` on 127.0.0.1 (port 0) serves ``path`` (or its items, read beforehand
+    so that reading it does not eat into the trace's first events) with trace t = 0 at loop time
+    ``origin``; an :class:`AmiClient` (timeouts and user from
     ``ami``; any secret is accepted, the real one is never read) logs in,
     resyncs and feeds an :class:`AmiTracker` whose domain events go to ``emit``,
     stamped with ``now()`` at receipt.  Returns once every item was served and
@@ -599,7 +607,7 @@ async def replay_trace_tcp(
     the client and server are stopped by then.
     """
     ami = ami or AmiConfig()
-    items = list(read_trace(path))
+    items = list(read_trace(path)) if isinstance(path, str | Path) else list(path)
     tracker = AmiTracker(emit, rules)
     link_down = asyncio.Event()
 
