@@ -7,6 +7,7 @@ import itertools
 import json
 import tracemalloc
 from pathlib import Path
+from urllib.parse import unquote
 
 import pytest
 from hypothesis import given, settings
@@ -21,6 +22,7 @@ from telephony.esl.codec import (
     encode_command,
     encode_event,
     encode_frame,
+    parse_event_headers,
 )
 from telephony.esl.trace import frame_bytes, is_esl_trace, read_esl_trace
 from telephony.esl.tracker import FsTracker
@@ -231,3 +233,27 @@ def test_encode_command_refuses_injection_and_events_round_trip() -> None:
     assert isinstance(ev, EslEvent)
     assert ev.pairs == (*pairs, ("Content-Length", "11"))  # as FreeSWITCH writes BACKGROUND_JOB
     assert ev.body == "+OK nested\n"
+
+
+def _one_value_at_a_time(text: str) -> list[tuple[str, str]]:
+    """The plain reading of an event's header block: each line split at ": ", each value decoded alone."""
+    pairs: list[tuple[str, str]] = []
+    for line in text.split("\n"):
+        key, sep, value = line.partition(": ")
+        if sep:
+            pairs.append((key, unquote(value, errors="replace")))
+        elif line.endswith(":") and line[:-1]:
+            pairs.append((line[:-1], ""))
+    return pairs
+
+
+_PIECES = st.sampled_from(["a", "Unique-ID", ":", ": ", " ", "\n", "%", "%2", "%3A", "%E5", "%BC", "%A0", "%00",
+                           "%0A", "%25", "\x00", "\r", "张", "0", "F"])
+
+
+@given(st.lists(_PIECES, max_size=60).map("".join))
+@settings(max_examples=3000)
+def test_values_decoded_together_read_as_each_decoded_alone(text: str) -> None:
+    # the decoder URL-decodes an event's ~150 values in one call (joined by NUL); truncated UTF-8,
+    # stray "%", %00, raw NUL and CR anywhere must give exactly what decoding them one by one gives
+    assert parse_event_headers(text) == _one_value_at_a_time(text)
