@@ -671,3 +671,44 @@ def test_other_timings_move_the_ring_alert_with_the_ring(tmp_path: Path, factor:
         assert alert["at"] == pytest.approx(start + 15.0, abs=0.01)
     else:  # 14 s: answered in time
         assert late == []
+
+
+# -- recordings we have not seen: agents named in Chinese ---------------------------------------------
+
+AGENT_NAMES = {"1001@default": "张伟@default", "1002@default": "李娜@default"}
+
+
+def renamed_agents(tmp: Path, name: str) -> Path:
+    """The recording with mod_callcenter agents named by people's names (``张伟@default``) instead of
+    extensions: every header value re-encoded the way FreeSWITCH writes it (URL-encoded UTF-8)."""
+    from urllib.parse import quote
+
+    from telephony.esl.codec import parse_event_headers
+
+    out = []
+    for o in trace_lines(name):
+        if o.get("event") and o.get("body"):
+            head, sep, nested = o["body"].partition("\n\n")
+            pairs = parse_event_headers(head)
+            if any(v in AGENT_NAMES for _, v in pairs):
+                pairs = [(k, AGENT_NAMES.get(v, v)) for k, v in pairs]
+                body = "".join(f"{k}: {quote(v, safe=',')}\n" for k, v in pairs) + sep + nested
+                o = frame(o["t"], [("Content-Length", str(len(body.encode()))), ("Content-Type", "text/event-plain")],
+                          body)
+        out.append(o)
+    return write(tmp, f"{name}_named_agents", out)
+
+
+def test_agents_named_in_chinese_are_followed_by_name(tmp_path: Path) -> None:
+    lines = replay_lines(renamed_agents(tmp_path, "F04_noanswer_then_second_agent"))
+    (call,) = calls(lines)
+    plain = calls(lines_of("F04_noanswer_then_second_agent"))[0]
+    assert [r["agent"] for r in call["rings"]] == [AGENT_NAMES[r["agent"]] for r in plain["rings"]]
+    assert call["agent"] == AGENT_NAMES[plain["agent"]]
+    assert [(r["outcome"], r["start"], r["end"]) for r in call["rings"]] == [
+        (r["outcome"], r["start"], r["end"]) for r in plain["rings"]]
+    late = alerts(lines, "IN-ANSWER")
+    assert [a["agent"] for a in late] == [AGENT_NAMES[a["agent"]] for a in alerts(lines_of(
+        "F04_noanswer_then_second_agent"), "IN-ANSWER")]
+    assert late
+    assert all(a["agent"] in a["text"]["zh"] for a in late)
