@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
@@ -16,6 +17,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import connect
 
+from alerts.hub import AlertChange
+from alerts.model import Alert
 from config.schema import Config
 from monitor.auth import TokenStore
 from monitor.daemon import Daemon
@@ -27,6 +30,21 @@ from telephony.esl.demo_pbx import renumber, restamp
 pytestmark = pytest.mark.usefixtures("no_leftover_tasks")
 ROOT = Path(__file__).resolve().parents[1]
 SPEED = 20.0
+
+
+class FirstAlert:
+    """An alert-hub sink: ``first`` resolves to (clock time, alert) of the first ``rule`` alert opened."""
+
+    name = "first-alert"
+
+    def __init__(self, rule: str, now: Callable[[], float]) -> None:
+        self.rule = rule
+        self.now = now
+        self.first: asyncio.Future[tuple[float, Alert]] = asyncio.get_running_loop().create_future()
+
+    def offer(self, change: AlertChange) -> None:
+        if change.kind == "opened" and change.alert.rule == self.rule and not self.first.done():
+            self.first.set_result((self.now(), change.alert))
 
 
 def _cfg(data_dir: Path) -> Config:
@@ -102,6 +120,55 @@ async def test_daemon_follows_the_freeswitch_demo_pbx(tmp_path: Path) -> None:
             health = await (await http.get(f"http://127.0.0.1:{daemon.http_port}/healthz")).json()
         assert (health["pbx"], health["pbx_connected"]) == ("freeswitch", True)
         assert pbx.server.subscriptions == [daemon.pbx.client.subscription]
+    finally:
+        await daemon.stop()
+        await pbx.stop()
+
+
+async def test_freeswitch_demo_link_down_while_a_ring_starts_then_the_resync_alerts_on_time(tmp_path: Path) -> None:
+    """The link is down when F02's caller is offered to 1001; at the reconnect the snapshot (the demo
+    switch's `show channels` / callcenter lists, its clocks at the demo's speed) rebuilds the ring, and
+    IN-ANSWER fires at the ring's real deadline (whole-second epochs: never early, ≤ 1 s late)."""
+    speed = 10.0
+    pbx = EslDemoPbx(password="demo-secret", speed=speed, loops=1)
+    await pbx.start()
+    cfg = Config.model_validate({"http": {"port": 0}, "data_dir": str(tmp_path), "pbx": {"kind": "freeswitch"},
+                                 "commitments": {"enabled": False}})
+    daemon = Daemon(cfg, TokenStore([]), clock_scale=speed, host=pbx.host, port=pbx.port, password="demo-secret",
+                    delays=lambda: iter([0.01] * 1000))
+    try:
+        await daemon.start()
+        assert daemon.hub is not None
+        assert daemon.clock is not None
+        assert daemon.monitor is not None
+        clock = daemon.clock
+        late = FirstAlert("IN-ANSWER", clock.now)
+        daemon.hub.add_sink(late)
+        server = pbx.server
+        async with asyncio.timeout(10):
+            await server.wait_until(lambda: any(  # F02's caller is in the queue
+                m["cid_number"].endswith("9002") for m in server.model.members.values()))
+        server.refuse(None)
+        await server.drop()
+        offered_epoch = pbx.epoch()
+        async with asyncio.timeout(10):
+            await server.wait_until(lambda: any(  # 1001 is being offered the call, unseen by ringwatch
+                m["cid_number"].endswith("9002") and m["state"] == "Trying" for m in server.model.members.values()))
+        ring_epoch = pbx.epoch()
+        server.allow()
+        async with asyncio.timeout(10):
+            await server.wait_until(lambda: len(server.subscriptions) == 2)  # back, subscribed, resynced
+            at, alert = await late.first
+        assert alert.agent == "1001@default"
+        call = daemon.monitor.call(alert.call or "")
+        assert call is not None
+        (ring,) = call.rings or call.live_rings.values()
+        # the rebuilt ring starts when 1001 was offered the call (the demo switch's epoch then): never
+        # earlier, at most a whole second later (callcenter's epochs are whole seconds, rounded up)
+        ring_start_epoch = pbx.epoch() - (clock.now() - ring.start)
+        assert offered_epoch <= ring_epoch
+        assert ring_epoch - 0.2 <= ring_start_epoch <= ring_epoch + 1.2
+        assert at - ring.start == pytest.approx(15.0, abs=0.1 * speed)  # at its deadline (±100 ms real)
     finally:
         await daemon.stop()
         await pbx.stop()

@@ -4,8 +4,9 @@ The recorded scenarios (answered, slow answer, abandon, no answer then a second 
 attended transfers, click-to-call, agent hang-up first, recorded call, agent states, a burst) are
 started one after another, overlapping, each copy with fresh Unique-IDs so every loop is new calls,
 and with FreeSWITCH's own clocks (``Event-Date-Timestamp``, ``Caller-Channel-*-Time``,
-``CC-*-Time``) moved to the moment each event is sent — so a (re)connecting ringwatch's resync reads
-a snapshot (``show channels``, ``callcenter_config``) that agrees with the events.  Only the
+``CC-*-Time``) moved to the moment each event is sent (the demo switch's clock runs at ``speed``,
+as the daemon's does) — so a (re)connecting ringwatch's resync reads a snapshot
+(``show channels``, ``callcenter_config``) that agrees with the events.  Only the
 switch's events are played: the recorder's own commands and their ``API`` / ``BACKGROUND_JOB``
 events are left out, and ``HEARTBEAT`` comes from the server itself (every ``heartbeat_s``).
 """
@@ -92,16 +93,28 @@ class EslDemoPbx(RecordingLoop):
 
     def __init__(self, *, password: str, speed: float = 1.0, loops: int = 0, spacing_s: float = 12.0,
                  heartbeat_s: float = 20.0, traces: Path = DEFAULT_TRACES, port: int = 0) -> None:
-        server = ScriptedEslServer(password=password, heartbeat_interval_s=heartbeat_s / max(speed, 1e-9), port=port)
+        # the switch's clock runs at the demo's speed (as the daemon's does): its epochs in events,
+        # HEARTBEAT and strmicroepoch agree with the daemon's time, so a resync places rings right
+        self._epoch0 = time.time()
+        self._t0: float | None = None
+        server = ScriptedEslServer(password=password, heartbeat_interval_s=heartbeat_s / max(speed, 1e-9), port=port,
+                                   epoch=self.epoch)
         super().__init__(server, lambda: load_scenarios(traces), renumber, speed=speed, loops=loops,
                          spacing_s=spacing_s)
         self.server: ScriptedEslServer = server
+
+    def epoch(self) -> float:
+        """The demo switch's clock (epoch seconds): real time at start, then ``speed`` times as fast."""
+        loop_now = time.monotonic()
+        if self._t0 is None:
+            self._t0 = loop_now
+        return self._epoch0 + (loop_now - self._t0) * self.speed
 
     def _ready(self) -> bool:
         return bool(self.server.subscriptions)  # logged in and subscribed
 
     async def _send(self, pairs: Pairs) -> None:
-        await self.server.push(restamp(pairs, int(time.time() * 1e6)))
+        await self.server.push(restamp(pairs, int(self.epoch() * 1e6)))
 
 
 def load_scenarios(traces: Path) -> list[Script]:

@@ -351,6 +351,7 @@ class ScriptedEslServer(_EslServerBase):
         """Send an event to every session subscribed to it (the model learns it too); returns how many got it."""
         d = dict(pairs)
         self.model.apply(EslEvent(pairs))
+        self.changed()  # wait_until() may watch the model
         data = encode_event(pairs, body)
         sent = 0
         for s in list(self._sessions):
