@@ -189,7 +189,7 @@ class WebSocketHub:
         """Hand ``frame`` (complete frame bytes, shared by every client) to the client's transport, or drop
         the client when its backlog would pass the limit.  Never waits.  Frames from here and aiohttp's own
         (pings, close) never interleave: each is one synchronous ``write``."""
-        if client.closing:
+        if client.closing or client.ws.closed:  # never a frame after a close frame
             return
         transport = client.transport
         if transport.is_closing():  # the peer went away; the read loop notices and finishes the client
