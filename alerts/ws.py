@@ -6,8 +6,9 @@ serialised once — JSON, UTF-8 and the RFC 6455 frame header (``websockets.fram
 which never waits): no per-client JSON, encoding, compression, queue or task
 wake-up, so a fan-out to 500 screens costs 500 buffered writes.  Each client's
 backlog is bounded in bytes: the kernel's socket buffer (``http.websocket_socket_buffer_kib``,
-set on the connection) plus at most ``http.websocket_buffer_kib`` in the transport.  A
-client past that is too slow: it is dropped (closed with 1013 "try again later",
+set on the connection) plus at most ``http.websocket_buffer_kib`` waiting in the transport (a
+single frame to a client with nothing waiting always goes, however large).  A client past that
+is too slow: it is dropped (closed with 1013 "try again later",
 counted in ``dropped``) and the others carry on.  A client that cannot even take
 the close frame within ``close_timeout_s`` gets its TCP connection aborted, so a
 stuck browser costs nothing after that.  Frames are not compressed (permessage-deflate
@@ -195,7 +196,9 @@ class WebSocketHub:
         if transport.is_closing():  # the peer went away; the read loop notices and finishes the client
             return
         backlog = transport.get_write_buffer_size()
-        if backlog + len(frame) > self._max_backlog:
+        # the limit is on what piles up: one frame to a client with nothing waiting always goes (a
+        # hello carrying a busy floor's open alerts may alone be larger than the limit)
+        if backlog and backlog + len(frame) > self._max_backlog:
             self.dropped += 1
             log.warning("websocket client #%d (%s) too slow: %d bytes waiting; dropped",
                         client.id, client.principal.name, backlog)

@@ -193,6 +193,19 @@ async def test_hello_carries_the_open_alerts_snapshot(rig: Rig) -> None:
     assert [a["id"] for a in hello["open_alerts"]] == [a1.id]
 
 
+async def test_a_hello_larger_than_the_send_buffer_limit_is_delivered(make_rig: RigFactory) -> None:
+    # a busy floor: 300 open alerts make a ~150 KB hello, more than a client may have waiting
+    # (16 KiB here); one frame to an idle client is sent whole, the limit is on what piles up
+    rig = await make_rig({"http": {"websocket_buffer_kib": 16, "websocket_socket_buffer_kib": 8}})
+    opened = [rig.alert(n, note="x" * 300).id for n in range(300)]
+    async with rig.ws(SUP) as ws:
+        hello = await recv(ws)
+        assert [a["id"] for a in hello["open_alerts"]] == opened
+        assert rig.ws_hub.dropped == 0
+        after = rig.alert(1000)
+        assert (await recv(ws))["id"] == after.id
+
+
 async def test_bad_header_token_is_refused_with_401_before_the_upgrade(rig: Rig) -> None:
     with pytest.raises(InvalidStatus) as err:
         async with rig.ws("not-a-token"):
