@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import difflib
 import os
+import typing
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -758,11 +760,41 @@ def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+#: keys that were renamed or replaced: what to write instead
+RENAMED: Final = {
+    "http.websocket_queue": "http.websocket_buffer_kib (the per-client limit is now in KiB waiting, not frames)",
+}
+
+
+def _known_keys(loc: tuple[str | int, ...]) -> list[str]:
+    """The keys the section at ``loc`` accepts (for a "did you mean"), or [] when it is not a section."""
+    model: Any = Config
+    for part in loc:
+        if isinstance(part, int):  # an item of a list of sections (ui.users[0])
+            args = typing.get_args(model)
+            if not args:
+                return []
+            model = args[0]
+            continue
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        model = field.annotation
+    return list(getattr(model, "model_fields", {}))
+
+
 def _format(err: ValidationError, source: str) -> str:
     lines = [f"invalid configuration in {source}:"]
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        lines.append(f"  {key}: {e['msg']}")
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            if key in RENAMED:
+                msg = f"no longer a setting: use {RENAMED[key]}"
+            else:
+                close = difflib.get_close_matches(str(e["loc"][-1]), _known_keys(e["loc"][:-1]), n=1)
+                msg = f"unknown setting{f' (did you mean {close[0]}?)' if close else ''}"
+        lines.append(f"  {key}: {msg}")
     return "\n".join(lines)
 
 

@@ -60,12 +60,26 @@ def test_check_config_names_the_bad_key(tmp_path: Path) -> None:
     res = ringwatch("check-config", str(bad))
     assert res.returncode == 2
     assert "rules.IN-ANSWER.ring_limit_s" in res.stderr
-    assert "http.prot" in res.stderr
+    assert "http.prot: unknown setting (did you mean port?)" in res.stderr
     notyaml = tmp_path / "x.yaml"
     notyaml.write_text("rules: [unclosed\n", encoding="utf-8")
     res = ringwatch("check-config", str(notyaml))
     assert res.returncode == 2
     assert "not valid YAML" in res.stderr
+
+
+def test_a_misspelt_or_retired_setting_says_what_to_write(tmp_path: Path) -> None:
+    from config.schema import ConfigError, load_config
+
+    bad = tmp_path / "old.yaml"
+    bad.write_text("http:\n  websocket_queue: 64\npbx:\n  esl:\n    heartbeat_timout_s: 5\n"
+                   "ui:\n  users:\n    - {name: a, role: qa, password_hash: x, tems: [a]}\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as err:
+        load_config(bad, env={})
+    text = str(err.value)
+    assert "http.websocket_queue: no longer a setting: use http.websocket_buffer_kib" in text
+    assert "pbx.esl.heartbeat_timout_s: unknown setting (did you mean heartbeat_timeout_s?)" in text
+    assert "ui.users.0.tems: unknown setting (did you mean teams?)" in text
 
 
 def test_environment_overrides_reach_the_config(tmp_path: Path) -> None:
