@@ -221,6 +221,7 @@ class QaService:
         self._keep_days = keep_days
         self.finished: OrderedDict[str, list[Finished]] = OrderedDict()  # day -> calls
         self.samples: OrderedDict[str, Sample] = OrderedDict()  # call id -> sample
+        self._unqueued: set[str] = set()  # samples whose last change found the Redis writer's queue full
         self.sampled_days: set[str] = set()
         self.monitorings: list[dict[str, Any]] = []
         self._task: asyncio.Task[None] | None = None
@@ -242,13 +243,34 @@ class QaService:
     persist_timeout_s = 3.0
 
     async def persisted(self) -> bool:
-        """True once every change made so far is in Redis (or there is no Redis: memory only)."""
-        return True if self.writer is None else await self.writer.settled(self.persist_timeout_s)
+        """True once every change made so far is in Redis (or there is no Redis: memory only); False while
+        a sample's change could not even be queued (the writer's queue full: Redis down for long)."""
+        if self.writer is None:
+            return True
+        if not self._resubmit_unqueued():
+            return False
+        return await self.writer.settled(self.persist_timeout_s)
 
     def _save_sample(self, s: Sample) -> None:
-        if self.writer is not None:
-            key, value = self._k("sample"), _dumps(s.to_store())
-            self.writer.submit(lambda r: r.hset(key, s.call.id, value))
+        if self.writer is None:
+            return
+        self._resubmit_unqueued()
+        if not self._submit_sample(s):
+            self._unqueued.add(s.call.id)  # written as it is then, once the queue has room
+
+    def _submit_sample(self, s: Sample) -> bool:
+        assert self.writer is not None
+        key, value = self._k("sample"), _dumps(s.to_store())
+        return self.writer.submit(lambda r: r.hset(key, s.call.id, value))
+
+    def _resubmit_unqueued(self) -> bool:
+        """Queue the samples whose saves found the queue full, in their current state; True when none is left."""
+        for call_id in list(self._unqueued):
+            sample = self.samples.get(call_id)
+            if sample is not None and not self._submit_sample(sample):
+                return False
+            self._unqueued.discard(call_id)
+        return True
 
     async def load(self) -> None:
         """Read the state back from Redis (start; raises on a Redis failure)."""
@@ -451,6 +473,8 @@ class QaService:
                 await self._task
             self._task = None
         if self.writer is not None:
+            if not self._resubmit_unqueued():
+                log.error("qa: %d sample changes could not be queued for Redis before stopping", len(self._unqueued))
             await self.writer.stop()
 
     def next_run(self, now_wall: float) -> float:

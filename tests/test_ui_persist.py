@@ -18,6 +18,7 @@ from config.schema import Config
 from monitor.auth import SESSION_COOKIE, Principal, SessionStore, TokenStore, UserDirectory, hash_password
 from monitor.clock import VirtualClock
 from monitor.engine import Monitor
+from monitor.persist import RedisWriter
 from monitor.qa import Finished
 from monitor.redis_embedded import EmbeddedRedis
 from monitor.ui import UI, UiRuntime
@@ -139,6 +140,34 @@ async def test_a_review_is_answered_200_only_once_it_is_in_redis(redis_client: a
         assert await rt.qa.writer.settled(5.0)
         stored = json.loads(await redis_client.hget(f"{PREFIX}qa:sample", picked[1]) or "{}")
         assert stored["reviews"][0]["fatal"] is True
+
+
+async def test_a_review_that_finds_the_write_queue_full_is_written_once_redis_is_back(
+        redis_client: aioredis.Redis) -> None:
+    async with running(redis_client) as (tc, rt):
+        for c in _calls(30):
+            rt.qa.add(c)
+        picked = [s.call.id for s in rt.qa.run_sample(rt.qa.day_of(WALL))]
+        assert rt.qa.writer is not None
+        await rt.qa.writer.settled(5.0)
+        await rt.qa.writer.stop()
+        rt.qa.writer = RedisWriter(redis_client, "qa", queue_limit=1)  # Redis has been down for long
+        rt.qa.persist_timeout_s = 0.3
+        r = await tc.post("/api/v1/session", json={"name": "qa1", "password": PASSWORD})
+        headers = {"X-CSRF-Token": (await r.json())["csrf"]}
+        await redis_client.execute_command("CLIENT", "PAUSE", 60_000, "WRITE")
+        try:
+            first = await tc.post(f"/api/v1/qa/samples/{picked[0]}/review", json={"attitude": 1}, headers=headers)
+            second = await tc.post(f"/api/v1/qa/samples/{picked[1]}/review", json={"norms": 2}, headers=headers)
+            assert (first.status, second.status) == (202, 202)  # the second could not even be queued
+            assert (await second.json())["persisted"] is False
+        finally:
+            await redis_client.execute_command("CLIENT", "UNPAUSE")
+        # Redis is back: the next answer queues what was left out, in its current state
+        assert await rt.qa.persisted() is True
+        stored = {c: json.loads(await redis_client.hget(f"{PREFIX}qa:sample", c) or "{}") for c in picked[:2]}
+        assert stored[picked[0]]["reviews"][0]["score"] == 99.0
+        assert stored[picked[1]]["reviews"][0]["score"] == 98.0
 
 
 async def test_no_listening_in_without_an_audit_entry_in_redis(redis_client: aioredis.Redis) -> None:
