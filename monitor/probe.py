@@ -46,6 +46,9 @@ does about them, in its own code (pyVoIP itself is not patched on disk):
     stderr; the protocol uses a duplicate of the original stdout.
 12. pyVoIP imports ``audioop`` (gone in Python 3.13): only the worker imports
     pyVoIP, so the daemon and the tests never do.
+14. Under load pyVoIP can take the BYE's 200 OK for the INVITE's and "ACK" it (an ACK to the
+    AoR with the BYE's CSeq): only responses to an INVITE are ACKed; pyVoIP's send of the
+    empty ACK that ringwatch returns for anything else is dropped at the socket.
 """
 
 from __future__ import annotations
@@ -502,7 +505,10 @@ class _Worker:
         """An ACK: for a 2xx a new transaction to the remote target (fact 6); else the INVITE's own."""
         first, hdrs = _headers(response)
         code = int(first.split()[1])
-        cseq = (hdrs.get("cseq") or ["1 INVITE"])[0].split()[0]
+        cseq_parts = (hdrs.get("cseq") or ["1 INVITE"])[0].split()
+        if cseq_parts[1:2] != ["INVITE"]:
+            return ""  # fact 14: not a response to our INVITE (the BYE's 200): nothing to acknowledge
+        cseq = cseq_parts[0]
         frm, to, call_id = hdrs["from"][0], hdrs["to"][0], hdrs["call-id"][0]
         if 200 <= code < 300:
             target = _uri((hdrs.get("contact") or [f"<sip:{self.spec['hotline']}@{self.spec['registrar_host']}>"])[0])
@@ -516,7 +522,9 @@ class _Worker:
                 f"Call-ID: {call_id}\r\nCSeq: {cseq} ACK\r\nContent-Length: 0\r\n\r\n")
 
     def send_ack(self, response: bytes) -> None:
-        self.send(self.ack_for(response))
+        ack = self.ack_for(response)
+        if ack:
+            self.send(ack)
 
     def send_cancel(self) -> None:
         """pyVoIP has no CANCEL (fact 5): the INVITE's request line, Via, From, To, Call-ID, CSeq number."""
@@ -690,6 +698,8 @@ class _WireTap:
         self._s.setblocking(flag)
 
     def sendto(self, data: bytes, addr: tuple[str, int]) -> int:
+        if not data:
+            return 0  # fact 14: the "ACK" pyVoIP would send for a response that is not to the INVITE
         self._w.on_send(data)
         return self._s.sendto(data, addr)
 

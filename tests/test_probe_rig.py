@@ -270,8 +270,14 @@ def test_probe_registers_calls_gets_answered_hears_audio_and_hangs_up() -> None:
     # ringwatch's own ACK carries the 200's To-tag: baresip never had to resend its 200 OK (pyVoIP's
     # own ACK has a random tag, and baresip then resends for 32 s)
     assert r["ok_retransmissions"] == 0
-    [ack] = _sip(r, "out", "ACK ")
-    assert "@127.0.0.1:" in ack[2]  # to the hotline's Contact, not to the proxy's AoR
+    acks = _sip(r, "out", "ACK ")
+    to_hotline = [a for a in acks if "@127.0.0.1:" in a[2]]  # to the hotline's Contact, not the proxy's AoR
+    assert len(to_hotline) == 1, r["trace"]  # the 200's ACK, exactly once
+    # any other ACK is the hop-by-hop one for a challenge of the INVITE (the proxy may ask again)
+    invite_t = _sip(r, "out", "INVITE ")[0][0]
+    challenges = [e for e in r["trace"] if e[1] == "in" and invite_t < e[0] < to_hotline[0][0]
+                  and e[2].startswith(("SIP/2.0 401", "SIP/2.0 407"))]
+    assert len(acks) - 1 == len(challenges), r["trace"]
     assert len(_sip(r, "out", "BYE ")) == 1
     assert r["killed"] is False
     assert r["elapsed_s"] < 3.0  # worker start, register, call, 0.5 s of audio, hang-up, deregister
@@ -431,3 +437,28 @@ if __name__ == "__main__":
     scenario_arg = sys.argv[1]
     outcome = rig_main(scenario_arg, in_namespace="--no-namespace" not in sys.argv)
     print(json.dumps(outcome, ensure_ascii=False))
+
+
+def test_only_responses_to_the_invite_are_acknowledged() -> None:
+    """Fact 14: under load pyVoIP may hand the BYE's 200 OK to its ACK builder; nothing goes out for it."""
+    import io
+    import socket
+
+    from monitor.probe import _WireTap, _Worker
+
+    spec = {"timeout_s": 5, "hotline": "hotline", "registrar_host": "127.0.0.1", "registrar_port": 5060,
+            "local_ip": "127.0.0.1"}
+    worker = _Worker(spec, io.StringIO())
+    common = ("Via: SIP/2.0/UDP 127.0.0.1:40000;branch=z9hG4bK1\r\nFrom: <sip:probe@127.0.0.1>;tag=a\r\n"
+              "To: <sip:hotline@127.0.0.1>;tag=b\r\nCall-ID: c1\r\n")
+    ok_invite = (f"SIP/2.0 200 OK\r\n{common}CSeq: 2 INVITE\r\nContact: <sip:hotline-1@127.0.0.1:5070>\r\n"
+                 "Content-Length: 0\r\n\r\n").encode()
+    ok_bye = f"SIP/2.0 200 OK\r\n{common}CSeq: 3 BYE\r\nContent-Length: 0\r\n\r\n".encode()
+    ack = worker.ack_for(ok_invite)
+    assert ack.startswith("ACK sip:hotline-1@127.0.0.1:5070 SIP/2.0\r\n")
+    assert "CSeq: 2 ACK" in ack
+    assert worker.ack_for(ok_bye) == ""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        tap = _WireTap(s, worker)
+        assert tap.sendto(b"", ("127.0.0.1", 9)) == 0  # pyVoIP's send of that empty "ACK": dropped
+    assert worker._out.getvalue() == ""  # and not even traced as sent
