@@ -14,7 +14,12 @@ compliance module for DNC changes):
 ==========  ==========================================================================
 
 Nothing here ever trims or deletes (no ``MAXLEN``, no ``XDEL``): retention is the operator's
-call.  :meth:`AuditLog.record` never blocks (a bounded queue and one writer task, retried with
+call.  Nothing recorded is lost to a Redis outage either: with a ``spill_path`` (``<data_dir>/
+audit-spill.jsonl``), entries that find the write queue full, and those still queued when the
+service stops, are appended to that local file (in a worker thread); the next start writes them
+into the stream first, oldest first, and removes the file once Redis has them.  A crash between
+that write and the removal can repeat entries (each carries its ``ts``), never lose them.
+:meth:`AuditLog.record` never blocks (a bounded queue and one writer task, retried with
 backoff while Redis is down); :meth:`AuditLog.flush` waits until what was recorded is written;
 :meth:`AuditLog.record_durable` records and waits (bounded) until that entry is in Redis — for
 actions that must not happen unaudited (listening in on a call).
@@ -26,12 +31,15 @@ commitment service announces (notices carrying ``details.change``).
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import itertools
 import json
 import logging
+import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Final
 
 import redis.asyncio as aioredis
@@ -79,9 +87,17 @@ class AuditLog:
 
     def __init__(self, client: aioredis.Redis | None, key: str = "ringwatch:audit", *,
                  now: Callable[[], float] = time.time, queue_limit: int = 10_000, memory_limit: int = 100_000,
-                 retry_max_s: float = 30.0) -> None:
+                 retry_max_s: float = 30.0, spill_path: Path | None = None, stop_timeout_s: float = 5.0) -> None:
         self.key = key
+        self._stop_timeout = stop_timeout_s
         self._now = now
+        self.spill_path = spill_path
+        self._pending: collections.deque[dict[str, str]] = collections.deque()  # queued for Redis, in order
+        self._overflow: list[dict[str, str]] = []  # found the queue full: to the spill file
+        self._spiller: asyncio.Task[None] | None = None  # appends overflowing entries to the spill file
+        self._replayer: asyncio.Task[None] | None = None  # removes the replayed file once Redis has it all
+        self.spilled = 0  # entries written to the spill file
+        self._writer_dropped = 0
         self._queue_limit = queue_limit
         self._retry_max = retry_max_s
         self._memory: collections.deque[tuple[str, dict[str, str]]] = collections.deque(maxlen=memory_limit)
@@ -105,8 +121,8 @@ class AuditLog:
         return self._memory_written + (self._writer.written if self._writer is not None else 0)
 
     @property
-    def dropped(self) -> int:  # queue full (Redis down too long)
-        return self._writer.dropped if self._writer is not None else 0
+    def dropped(self) -> int:  # lost: the queue full (Redis down too long) and no spill file
+        return self._writer_dropped
 
     @property
     def failures(self) -> int:
@@ -119,28 +135,124 @@ class AuditLog:
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        if self._writer is not None:
-            await self._writer.start()
+        if self._writer is None:
+            return
+        await self._writer.start()
+        if self.spill_path is not None:
+            await self._replay_spill(self.spill_path)
 
     async def stop(self) -> None:
-        """Write what is queued (a few seconds at most), then stop the writer."""
-        if self._writer is not None:
-            await self._writer.stop(timeout_s=5.0)
+        """Write what is queued (a few seconds at most), then stop the writer; what Redis did not take
+        goes to the spill file."""
+        if self._writer is None:
+            return
+        await self._writer.stop(timeout_s=self._stop_timeout)
+        replaying = self._replayer is not None and not self._replayer.done()
+        if self._replayer is not None:
+            self._replayer.cancel()
+            await asyncio.gather(self._replayer, return_exceptions=True)
+            self._replayer = None
+        if self._spiller is not None:
+            await asyncio.wait([self._spiller])
+        left = [*self._pending, *self._overflow]
+        self._pending.clear()
+        self._overflow.clear()
+        if left:
+            await self._spill(left)
+        if replaying and self.spill_path is not None:
+            # the replayed entries Redis did not take are among ``left``, now in the spill file again
+            await asyncio.to_thread(self._replaying_path(self.spill_path).unlink, missing_ok=True)
+
+    @staticmethod
+    def _replaying_path(path: Path) -> Path:
+        return path.with_suffix(path.suffix + ".replaying")
+
+    async def _spill(self, entries: list[dict[str, str]]) -> None:
+        if self.spill_path is None:
+            self._writer_dropped += len(entries)
+            log.error("audit: %d entries not written to Redis and no spill file: lost", len(entries))
+            return
+        lines = "".join(json.dumps(e, ensure_ascii=False, separators=(",", ":")) + "\n" for e in entries)
+        path = self.spill_path
+
+        def append() -> None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with path.open("a", encoding="utf-8") as f:
+                f.write(lines)
+                f.flush()
+                os.fsync(f.fileno())
+
+        await asyncio.to_thread(append)
+        self.spilled += len(entries)
+        log.warning("audit: %d entries kept in %s until Redis takes them", len(entries), path)
+
+    async def _replay_spill(self, path: Path) -> None:
+        """Entries a previous run could not write: into the stream first (oldest first), then the file goes."""
+        replaying = self._replaying_path(path)
+
+        def take() -> list[dict[str, str]]:
+            if path.exists():  # a replay cut short leaves .replaying: both are read, nothing is lost
+                with replaying.open("a", encoding="utf-8") as dst:
+                    dst.write(path.read_text(encoding="utf-8"))
+                path.unlink()
+            if not replaying.exists():
+                return []
+            rows = []
+            for line in replaying.read_text(encoding="utf-8").splitlines():
+                try:
+                    row = json.loads(line)
+                except ValueError:
+                    log.error("audit: unreadable line in %s kept out of the stream: %.80s", replaying, line)
+                    continue
+                if isinstance(row, dict):
+                    rows.append({str(k): str(v) for k, v in row.items()})
+            return sorted(rows, key=lambda r: float(r.get("ts") or 0.0))
+
+        rows = await asyncio.to_thread(take)
+        if not rows:
+            return
+        log.info("audit: writing %d entries kept in %s while Redis was away", len(rows), path)
+        for row in rows:
+            self._submit(row)
+        self._replayer = asyncio.create_task(self._forget_replayed(replaying), name="audit-spill-replay")
+
+    async def _forget_replayed(self, replaying: Path) -> None:
+        assert self._writer is not None
+        while not await self._writer.settled(60.0):
+            pass  # Redis still away: the entries stay queued (and go back to the file at stop)
+        await asyncio.to_thread(replaying.unlink, missing_ok=True)
 
     # -- writing -----------------------------------------------------------------------------
 
     def record(self, actor: str, action: str, target: str, details: dict[str, Any] | None = None) -> bool:
-        """Queue an entry (never blocks, never raises); written in order.  False: dropped (queue full)."""
+        """Queue an entry (never blocks, never raises); written in order.  False: the queue was full (the
+        entry goes to the spill file, or, without one, is lost and logged)."""
         e = entry(actor, action, target, details, self._now())
         if self._writer is None:
             self._store_memory(e)
             return True
-        key = self.key
+        return self._submit(e)
+
+    def _submit(self, e: dict[str, str]) -> bool:
+        assert self._writer is not None
+        key, pending = self.key, self._pending
 
         async def write(r: aioredis.Redis) -> None:
             await r.xadd(key, e)  # type: ignore[arg-type]  # str -> str is a field map
+            pending.popleft()  # ops run in order: this entry is the oldest pending one
 
-        return self._writer.submit(write)
+        if self._writer.submit(write):
+            pending.append(e)
+            return True
+        self._overflow.append(e)
+        if self._spiller is None or self._spiller.done():
+            self._spiller = asyncio.get_running_loop().create_task(self._spill_overflow(), name="audit-spill")
+        return False
+
+    async def _spill_overflow(self) -> None:
+        while self._overflow:
+            batch, self._overflow = self._overflow, []
+            await self._spill(batch)
 
     async def record_durable(self, actor: str, action: str, target: str, details: dict[str, Any] | None = None,
                              *, timeout_s: float = 3.0) -> bool:
@@ -157,9 +269,11 @@ class AuditLog:
         return entry_id
 
     async def flush(self) -> None:
-        """Wait until every recorded entry is written."""
+        """Wait until every recorded entry is written (and a replayed spill file is gone)."""
         if self._writer is not None:
             await self._writer.flush()
+        if self._replayer is not None:
+            await asyncio.wait([self._replayer])
 
     # -- reading -----------------------------------------------------------------------------
 

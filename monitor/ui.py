@@ -90,9 +90,11 @@ class UiRuntime:
 
     def use_redis(self, client: Any, prefix: str) -> None:
         """Keep the audit trail, the QA state and the browser sessions in Redis (the commitments'
-        server) instead of memory only; before start."""
+        server) instead of memory only; before start.  Audit entries Redis cannot take wait in
+        ``<data_dir>/audit-spill.jsonl``."""
         self.audit.client = client
         self.audit.key = audit_key(prefix)
+        self.audit.spill_path = self.cfg.data_dir / "audit-spill.jsonl"
         self.qa.use_redis(client, prefix)
         self.sessions.use_redis(client, prefix, self.users)
 

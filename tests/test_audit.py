@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
+from pathlib import Path
+
 import pytest
 
 from alerts.hub import AlertChange
@@ -37,3 +40,37 @@ async def test_entries_go_to_the_redis_stream_in_order(redis_server: EmbeddedRed
     finally:
         await log.stop()
         await client.aclose()
+
+
+async def test_entries_redis_cannot_take_wait_on_disk_and_reach_the_stream_after_a_restart(
+        redis_server: EmbeddedRedis, tmp_path: Path) -> None:
+    client = client_from_config(redis_server.url, RedisConfig())
+    spill = tmp_path / "data" / "audit-spill.jsonl"
+    ticks = itertools.count(1_795_000_000)
+    log = AuditLog(client, "ringwatch:audit", now=lambda: float(next(ticks)), spill_path=spill, queue_limit=2,
+                   stop_timeout_s=0.2)
+    await log.start()
+    await client.execute_command("CLIENT", "PAUSE", 60_000, "WRITE")  # Redis stops taking writes
+    try:
+        queued = [log.record("sup1", "alert.ack", f"A{i}", {"i": i}) for i in range(5)]
+        assert queued == [True, True, False, False, False]  # the queue holds two; three overflow to disk
+        await log.stop()  # the two still queued go to disk too: nothing is lost with the process
+    finally:
+        await client.execute_command("CLIENT", "UNPAUSE")
+    assert log.spilled == 5
+    assert log.dropped == 0
+    assert len(spill.read_text(encoding="utf-8").splitlines()) == 5
+    assert await client.xlen("ringwatch:audit") == 0
+
+    again = AuditLog(client, "ringwatch:audit", spill_path=spill)  # the next start, Redis back
+    await again.start()
+    try:
+        again.record("sup2", "alert.resolve", "A9")
+        await again.flush()
+    finally:
+        await again.stop()
+    rows = await client.xrange("ringwatch:audit")
+    assert [f["target"] for _, f in rows] == ["A0", "A1", "A2", "A3", "A4", "A9"]  # the kept ones first, in order
+    assert not spill.exists()
+    assert not spill.with_suffix(".jsonl.replaying").exists()
+    await client.aclose()
