@@ -24,6 +24,7 @@ from prometheus_client import CollectorRegistry
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+import alerts.ws as ws_module
 from alerts.hub import AlertHub
 from alerts.model import Alert
 from alerts.ws import WebSocketHub
@@ -204,6 +205,20 @@ async def test_a_hello_larger_than_the_send_buffer_limit_is_delivered(make_rig: 
         assert rig.ws_hub.dropped == 0
         after = rig.alert(1000)
         assert (await recv(ws))["id"] == after.id
+
+
+async def test_a_fan_out_spread_over_turns_of_the_loop_keeps_every_client_in_order(
+        rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ws_module, "FANOUT_CHUNK", 2)  # 7 clients: 4 turns of the loop per frame
+    async with contextlib.AsyncExitStack() as stack:
+        clients = [await stack.enter_async_context(rig.ws(SUP if i % 2 else QA)) for i in range(7)]
+        for c in clients:
+            await recv(c)  # hello
+        sent = [rig.alert(n).id for n in range(5)]  # five changes raised in one go, before any chunk ran
+        sent.append(rig.hub.ack(sent[0], by="floor-a").id)
+        for c in clients:
+            got = [(f["id"], f["change"]) for f in [await recv(c) for _ in range(6)]]
+            assert got == [*((i, "opened") for i in sent[:5]), (sent[0], "acked")]
 
 
 async def test_bad_header_token_is_refused_with_401_before_the_upgrade(rig: Rig) -> None:
