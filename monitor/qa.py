@@ -251,6 +251,11 @@ class QaService:
             return False
         return await self.writer.settled(self.persist_timeout_s)
 
+    @property
+    def unqueued(self) -> int:
+        """Samples whose last change is waiting for room in the Redis writer's queue."""
+        return len(self._unqueued)
+
     def _save_sample(self, s: Sample) -> None:
         if self.writer is None:
             return

@@ -43,6 +43,8 @@ from pathlib import Path
 from typing import Any, Final
 
 from aiohttp import web
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from config.schema import Config
 from monitor.audit import AuditLog, audit_key
@@ -105,9 +107,40 @@ class UiRuntime:
 UI: Final = web.AppKey("ui", UiRuntime)
 
 
+class StoreCollector(Collector):
+    """The Redis writers of the audit trail, QA state and browser sessions: what waits, what failed,
+    what was lost or spilled to disk (in-memory counters only; labels: ``writer``)."""
+
+    def __init__(self, rt: UiRuntime) -> None:
+        self._rt = rt
+
+    def collect(self) -> list[Metric]:
+        queue = GaugeMetricFamily("ringwatch_store_write_queue", "Writes waiting for Redis", labels=["writer"])
+        failures = CounterMetricFamily("ringwatch_store_write_failures", "Redis writes that failed and are retried",
+                                       labels=["writer"])
+        lost = CounterMetricFamily("ringwatch_store_writes_lost", "Writes given up (queue full, nothing to keep "
+                                   "them in)", labels=["writer"])
+        spilled = CounterMetricFamily("ringwatch_audit_spilled", "Audit entries kept in the local spill file "
+                                      "because Redis could not take them")
+        audit = self._rt.audit
+        queue.add_metric(["audit"], audit.pending)
+        failures.add_metric(["audit"], audit.failures)
+        lost.add_metric(["audit"], audit.dropped)
+        qa, sessions = self._rt.qa, self._rt.sessions.writer
+        # QA changes that found the queue full are kept and queued later: waiting, not lost
+        queue.add_metric(["qa"], (qa.writer.pending if qa.writer is not None else 0) + qa.unqueued)
+        failures.add_metric(["qa"], qa.writer.failures if qa.writer is not None else 0)
+        lost.add_metric(["qa"], 0)
+        queue.add_metric(["sessions"], sessions.pending if sessions is not None else 0)
+        failures.add_metric(["sessions"], sessions.failures if sessions is not None else 0)
+        lost.add_metric(["sessions"], sessions.dropped if sessions is not None else 0)  # a login to redo
+        spilled.add_metric([], audit.spilled)
+        return [queue, failures, lost, spilled]
+
+
 def add_ui(app: web.Application) -> UiRuntime:
     """Register the UI on an app built by ``monitor.web.build_app`` (it calls this)."""
-    from monitor.web import ALERTS, CONFIG, MONITOR, TOKENS, WS_HUB
+    from monitor.web import ALERTS, CONFIG, MONITOR, REGISTRY, TOKENS, WS_HUB
 
     cfg, monitor, hub, tokens, ws_hub = app[CONFIG], app[MONITOR], app[ALERTS], app[TOKENS], app[WS_HUB]
     clock = monitor.clock
@@ -139,6 +172,7 @@ def add_ui(app: web.Application) -> UiRuntime:
     spy.on_monitoring(qa.record_monitoring)
     users = UserDirectory(cfg.ui.users, qa_team_scoped=cfg.ui.qa_team_scoped)
     rt = UiRuntime(cfg, users, sessions, audit, wallboard, publisher, spy, qa)
+    app[REGISTRY].register(StoreCollector(rt))
     app[UI] = rt
 
     spy.on_change(lambda s: _push_spy(ws_hub, cfg, s))

@@ -331,7 +331,7 @@ def test_promtool_checks_the_prometheus_config(tmp_path: Path) -> None:
     res = subprocess.run([promtool, "check", "config", str(path)], capture_output=True, text=True, timeout=60,
                          check=False)
     assert res.returncode == 0, res.stdout + res.stderr
-    assert "SUCCESS: 7 rules found" in res.stdout + res.stderr
+    assert "SUCCESS: 8 rules found" in res.stdout + res.stderr
 
 
 def test_production_doc_names_real_files_and_covers_the_topics() -> None:

@@ -75,7 +75,7 @@ def test_every_alert_has_cases_that_fire_and_cases_that_stay_quiet() -> None:
     alerts = set(_rules())
     assert alerts == {"RingwatchScrapeFailing", "RingwatchAmiLinkDown", "RingwatchNoAmiEvents",
                       "RingwatchServiceLevelLow", "RingwatchWebhookDeliveryFailing", "RingwatchChatDeliveryFailing",
-                      "RingwatchCommitmentsOverdueRising"}
+                      "RingwatchCommitmentsOverdueRising", "RingwatchStoreWritesBacklog"}
     assert set(fire) == alerts, f"alerts never expected to fire: {alerts - set(fire)}"
     assert set(quiet) == alerts, f"alerts never expected to stay quiet: {alerts - set(quiet)}"
 
@@ -86,6 +86,7 @@ def test_every_alert_has_cases_that_fire_and_cases_that_stay_quiet() -> None:
     (('state=~"available|ringing|talking|paused"', 'state=~".+"'), "RingwatchNoAmiEvents"),  # offline counts
     (("delta(ringwatch_commitments_overdue[1h])) > 0", "delta(ringwatch_commitments_overdue[1h])) >= 0"),
      "RingwatchCommitmentsOverdueRising"),  # a steady backlog would page too
+    (("for: 10m", "for: 0m"), "RingwatchStoreWritesBacklog"),  # QA's short burst would page
 ])
 def test_the_unit_tests_catch_a_broken_rule(promtool: str, tmp_path: Path, mutation: tuple[str, str],
                                             alert: str) -> None:

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient, TestServer
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from alerts.hub import AlertHub
 from config.schema import Config
@@ -22,7 +23,7 @@ from monitor.persist import RedisWriter
 from monitor.qa import Finished
 from monitor.redis_embedded import EmbeddedRedis
 from monitor.ui import UI, UiRuntime
-from monitor.web import build_app
+from monitor.web import REGISTRY, build_app
 from telephony.events import AgentRinging, CallAnswered, CallOffered, QueueJoined
 
 pytestmark = pytest.mark.usefixtures("no_leftover_tasks")
@@ -62,6 +63,16 @@ async def running(client: aioredis.Redis | None, cfg: Config | None = None
         rt.use_redis(client, PREFIX)
     async with TestClient(TestServer(app)) as tc:
         yield tc, rt
+
+
+def _sample(tc: TestClient[Any, Any], name: str, **labels: str) -> float:
+    """One sample of the app's Prometheus registry, by name and labels."""
+    text = generate_latest(tc.server.app[REGISTRY]).decode()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return float(sample.value)
+    raise AssertionError(f"no sample {name}{labels}")
 
 
 def _calls(n: int) -> list[Finished]:
@@ -161,10 +172,14 @@ async def test_a_review_that_finds_the_write_queue_full_is_written_once_redis_is
             second = await tc.post(f"/api/v1/qa/samples/{picked[1]}/review", json={"norms": 2}, headers=headers)
             assert (first.status, second.status) == (202, 202)  # the second could not even be queued
             assert (await second.json())["persisted"] is False
+            # what an SRE sees meanwhile on /metrics
+            assert _sample(tc, "ringwatch_store_write_queue", writer="qa") == 2  # one queued, one waiting for room
+            assert _sample(tc, "ringwatch_store_writes_lost_total", writer="qa") == 0
         finally:
             await redis_client.execute_command("CLIENT", "UNPAUSE")
         # Redis is back: the next answer queues what was left out, in its current state
         assert await rt.qa.persisted() is True
+        assert _sample(tc, "ringwatch_store_write_queue", writer="qa") == 0
         stored = {c: json.loads(await redis_client.hget(f"{PREFIX}qa:sample", c) or "{}") for c in picked[:2]}
         assert stored[picked[0]]["reviews"][0]["score"] == 99.0
         assert stored[picked[1]]["reviews"][0]["score"] == 98.0
