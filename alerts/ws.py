@@ -89,8 +89,6 @@ SNAPSHOT_LIMIT: Final = 1000
 #: Clients written to per turn of the event loop in a fan-out (~13 µs each on this project's box).
 FANOUT_CHUNK = 256
 
-_PONG: Final = b'\x81\x0f{"type":"pong"}'  # text_frame({"type": "pong"})
-
 #: may this principal see (and ack / resolve) this alert?  (team scoping)
 AlertScope = Callable[[Principal, Alert], bool]
 
@@ -115,6 +113,9 @@ def _dumps(obj: dict[str, Any]) -> str:
 def text_frame(obj: dict[str, Any]) -> bytes:
     """``obj`` as one complete, unmasked websocket text frame (server to client), ready for the wire."""
     return Frame(Opcode.TEXT, _dumps(obj).encode()).serialize(mask=False)
+
+
+_PONG: Final = text_frame({"type": "pong"})
 
 
 def _error(code: str, zh: str, en: str, **extra: object) -> bytes:

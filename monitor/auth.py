@@ -197,6 +197,17 @@ def json_response(obj: Any, status: int = 200, headers: Mapping[str, str] | None
     return web.json_response(obj, status=status, headers=headers, dumps=lambda o: json.dumps(o, ensure_ascii=False))
 
 
+_ERROR_CLASSES: Final[dict[int, type[web.HTTPException]]] = {
+    cls.status_code: cls for cls in vars(web).values()
+    if isinstance(cls, type) and issubclass(cls, web.HTTPError) and getattr(cls, "status_code", 0) >= 400
+}
+
+
+def error_class(status: int) -> type[web.HTTPException]:
+    """The aiohttp error class of a service error's HTTP status (an unknown status is a bug: 500)."""
+    return _ERROR_CLASSES.get(status, web.HTTPInternalServerError)
+
+
 def json_error(status: type[web.HTTPException], code: str, zh: str, en: str,
                headers: Mapping[str, str] | None = None) -> web.HTTPException:
     """An HTTP error whose body is ``{"error": code, "message": {"zh": ..., "en": ...}}``."""

@@ -34,7 +34,7 @@ from prometheus_client import CollectorRegistry
 
 from alerts.hub import AlertHub
 from config.schema import Config
-from monitor.auth import authorize, json_error, json_response
+from monitor.auth import authorize, error_class, json_error, json_response
 from monitor.clock import Clock
 from monitor.commitments import (
     STATES,
@@ -56,9 +56,6 @@ log = logging.getLogger(__name__)
 
 COMMITMENTS: Final = web.AppKey("commitments", CommitmentService)
 
-_STATUS: Final[dict[int, type[web.HTTPException]]] = {
-    400: web.HTTPBadRequest, 404: web.HTTPNotFound, 409: web.HTTPConflict, 422: web.HTTPUnprocessableEntity,
-}
 _NUMBER: Final = re.compile(r"\+?[0-9][0-9 ()\-]{2,31}")
 MAX_TEXT: Final = 2000
 
@@ -78,9 +75,6 @@ def add_commitment_routes(app: web.Application, service: CommitmentService) -> N
 
 # -- helpers ---------------------------------------------------------------------------
 
-
-
-
 def _bad(field: str, zh: str, en: str) -> web.HTTPException:
     return json_error(web.HTTPBadRequest, "bad_request", f"字段 {field} 无效:{zh}", f"invalid field {field}: {en}")
 
@@ -93,7 +87,7 @@ def _unavailable() -> web.HTTPException:
 
 
 def _error(e: CommitmentError) -> web.HTTPException:
-    return json_error(_STATUS.get(e.status, web.HTTPBadRequest), e.code, e.zh, e.en)
+    return json_error(error_class(e.status), e.code, e.zh, e.en)
 
 
 async def _body(request: web.Request, allowed: set[str], *, optional: bool = False) -> dict[str, Any]:

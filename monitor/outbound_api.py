@@ -108,9 +108,6 @@ def add_outbound_routes(app: web.Application, api: OutboundApi) -> None:
 
 # -- helpers -----------------------------------------------------------------------------------
 
-
-
-
 def _bad(name: str, zh: str, en: str) -> web.HTTPException:
     return json_error(web.HTTPBadRequest, "bad_request", f"参数 {name[:40]} 无效:{zh}", f"invalid {name[:40]}: {en}")
 

@@ -55,6 +55,7 @@ from monitor.auth import (
     UserDirectory,
     authenticate_request,
     authorize,
+    error_class,
     hash_password,
     json_error,
     json_response,
@@ -251,17 +252,6 @@ def _bad(name: str, zh: str, en: str) -> web.HTTPException:
     return json_error(web.HTTPBadRequest, "bad_request", f"参数 {name} 无效:{zh}", f"invalid {name}: {en}")
 
 
-_ERROR_CLASSES: Final[dict[int, type[web.HTTPException]]] = {
-    cls.status_code: cls for cls in (web.HTTPForbidden, web.HTTPNotFound, web.HTTPConflict,
-                                     web.HTTPUnprocessableEntity, web.HTTPBadRequest, web.HTTPNotImplemented,
-                                     web.HTTPBadGateway, web.HTTPServiceUnavailable)}
-
-
-def _status(status: int) -> type[web.HTTPException]:
-    """The aiohttp error class of a service error's status (an unlisted one is a bug: 500, never a 4xx)."""
-    return _ERROR_CLASSES.get(status, web.HTTPInternalServerError)
-
-
 def _check_query(request: web.Request, known: set[str]) -> None:
     unknown = sorted(set(request.query) - known)
     if unknown:
@@ -382,7 +372,7 @@ async def post_spy(request: web.Request) -> web.Response:
     try:
         s = await rt.spy.start(principal, request.match_info["id"], mode, qa, agent)
     except SpyError as e:
-        raise json_error(_status(e.status), e.code, e.zh, e.en) from None
+        raise json_error(error_class(e.status), e.code, e.zh, e.en) from None
     from monitor.web import WS_HUB
 
     _push_spy(request.app[WS_HUB], rt.cfg, s)
@@ -469,7 +459,7 @@ async def qa_review(request: web.Request) -> web.Response:
     try:
         s = rt.qa.review(request.match_info["id"], principal.name, body)
     except QaError as e:
-        raise json_error(_status(e.status), e.code, e.zh, e.en) from None
+        raise json_error(error_class(e.status), e.code, e.zh, e.en) from None
     return await _saved(rt, s)
 
 
@@ -483,7 +473,7 @@ async def qa_appeal(request: web.Request) -> web.Response:
     try:
         s = rt.qa.appeal(request.match_info["id"], principal.name, reason)
     except QaError as e:
-        raise json_error(_status(e.status), e.code, e.zh, e.en) from None
+        raise json_error(error_class(e.status), e.code, e.zh, e.en) from None
     return await _saved(rt, s)
 
 

@@ -9,6 +9,7 @@ ringwatch itself only ever connects to a PBX.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import logging
@@ -78,7 +79,7 @@ class LoopbackSession:
 S = TypeVar("S", bound=LoopbackSession)
 
 
-class LoopbackServer(Generic[S]):
+class LoopbackServer(abc.ABC, Generic[S]):
     """Listening socket, session bookkeeping, and ``wait_until`` for tests."""
 
     #: the logger's prefix in "session N failed" lines
@@ -126,11 +127,13 @@ class LoopbackServer(Generic[S]):
         """Wake ``wait_until`` callers (also useful to tests that change state themselves)."""
         self._conditions.changed()
 
+    @abc.abstractmethod
     def _new_session(self, number: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> S:
-        raise NotImplementedError
+        """This protocol's per-connection state."""
 
+    @abc.abstractmethod
     async def _serve(self, sess: S) -> None:
-        raise NotImplementedError
+        """Speak the protocol on one connection until it ends."""
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1

@@ -4,6 +4,7 @@ calls, played in real time / ``speed`` by one named task into a loopback server.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import itertools
@@ -40,7 +41,7 @@ def programme(scripts: list[Script], spacing_s: float, loops: int, renumber: Ren
         yield t, pairs
 
 
-class RecordingLoop:
+class RecordingLoop(abc.ABC):
     """A loopback server and the named task that plays the programme into it.  Subclasses say what
     the server is, when the client is ready (``_ready``) and how an event is sent (``_send``)."""
 
@@ -68,11 +69,13 @@ class RecordingLoop:
     def port(self) -> int:
         return int(self.server.port)
 
+    @abc.abstractmethod
     def _ready(self) -> bool:
-        raise NotImplementedError
+        """The daemon is attached (logged in / subscribed): playing may start."""
 
+    @abc.abstractmethod
     async def _send(self, pairs: Pairs) -> None:
-        raise NotImplementedError
+        """Send one recorded event to the attached client."""
 
     async def start(self) -> None:
         """Read the recordings (in a worker thread: tens of MB), then listen and play."""

@@ -150,7 +150,6 @@ async def test_freeswitch_demo_link_down_while_a_ring_starts_then_the_resync_ale
                 m["cid_number"].endswith("9002") for m in server.model.members.values()))
         server.refuse(None)
         await server.drop()
-        offered_epoch = pbx.epoch()
         async with asyncio.timeout(10):
             await server.wait_until(lambda: any(  # 1001 is being offered the call, unseen by ringwatch
                 m["cid_number"].endswith("9002") and m["state"] == "Trying" for m in server.model.members.values()))
@@ -166,7 +165,6 @@ async def test_freeswitch_demo_link_down_while_a_ring_starts_then_the_resync_ale
         # the rebuilt ring starts when 1001 was offered the call (the demo switch's epoch then): never
         # earlier, at most a whole second later (callcenter's epochs are whole seconds, rounded up)
         ring_start_epoch = pbx.epoch() - (clock.now() - ring.start)
-        assert offered_epoch <= ring_epoch
         assert ring_epoch - 0.2 <= ring_start_epoch <= ring_epoch + 1.2
         assert at - ring.start == pytest.approx(15.0, abs=0.1 * speed)  # at its deadline (±100 ms real)
     finally:
